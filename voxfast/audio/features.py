@@ -1,0 +1,59 @@
+"""Acoustic front ends that run on the model's device as the first layer of the embedding network.
+
+Computing features on the device (instead of in CPU workers) keeps the workers to slicing audio and
+lets a GPU do the FFTs in batch. Features are computed in float32 even under autocast: log-mel of
+fp16 power spectra loses the quiet bands that carry speaker information.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchaudio
+from torch import nn
+
+SAMPLE_RATE = 16000
+HOP = 160  # 10 ms
+WIN = 400  # 25 ms
+
+
+def crop_samples(num_frames: int) -> int:
+    """Samples of a crop that yields `num_frames` feature frames (voxceleb_trainer: frames*160+240)."""
+    return num_frames * HOP + WIN - HOP
+
+
+class PreEmphasis(nn.Module):
+    """y[n] = x[n] - coef * x[n-1], with x[-1] = x[0] (reflect-free, as voxceleb_trainer)."""
+
+    def __init__(self, coef: float = 0.97) -> None:
+        super().__init__()
+        self.coef = coef
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, T) -> (B, T)
+        prev = torch.cat([x[:, :1], x[:, :-1]], dim=1)
+        return x - self.coef * prev
+
+
+class LogMel(nn.Module):
+    """voxceleb_trainer's front end: pre-emphasis, 512-point Hamming mel spectrogram, log, mean/var norm.
+
+    The per-utterance normalisation over time (InstanceNorm without affine) removes channel and level,
+    which is exactly the session variability a speaker model should ignore.
+    """
+
+    def __init__(self, n_mels: int = 40, sample_rate: int = SAMPLE_RATE) -> None:
+        super().__init__()
+        self.n_mels = n_mels
+        self.pre = PreEmphasis()
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=sample_rate, n_fft=512, win_length=WIN, hop_length=HOP, window_fn=torch.hamming_window,
+            n_mels=n_mels, f_min=20.0, f_max=sample_rate / 2,
+        )
+        self.norm = nn.InstanceNorm1d(n_mels)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        # (B, T) -> (B, n_mels, frames)
+        device_type = wave.device.type
+        with torch.autocast(device_type=device_type, enabled=False):
+            x = self.mel(self.pre(wave.float())) + 1e-6
+            return self.norm(x.log())

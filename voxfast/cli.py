@@ -1,0 +1,214 @@
+"""Command-line interface: `voxfast <command>`.
+
+Only the CLI configures logging. User errors (VoxfastError) print one line naming the problem and
+the fix and exit with status 2, without a traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from voxfast.errors import VoxfastError
+
+log = logging.getLogger("voxfast")
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        return int(args.func(args) or 0)
+    except VoxfastError as exc:
+        print(f"voxfast: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("voxfast: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voxfast", description="Fast speaker-verification training and scoring.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a speaker model from a config", description=_cmd_train.__doc__)
+    _add_config_args(p)
+    p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint written by an earlier run")
+    p.add_argument("--no-eval", action="store_true", help="skip scoring eval.trials after training")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("demo", help="make the synthetic corpus, train, score and report EER",
+                       description=_cmd_demo.__doc__)
+    _add_config_args(p, default=str(REPO_CONFIGS / "demo.yaml"))
+    p.add_argument("--data", default="demo_data", help="corpus folder, generated when missing (default: demo_data)")
+    p.add_argument("--out", help="run folder (default: runs/demo-<date>-<time>)")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("make-demo-data", help="write the synthetic voice corpus", description=_cmd_make_data.__doc__)
+    p.add_argument("out", help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-speakers", type=int, default=40)
+    p.add_argument("--test-speakers", type=int, default=20)
+    p.add_argument("--train-utts", type=int, default=24, help="utterances per training speaker")
+    p.add_argument("--test-utts", type=int, default=12, help="utterances per test speaker")
+    p.add_argument("--workers", type=int, default=2, help="parallel processes")
+    p.set_defaults(func=_cmd_make_data)
+
+    p = sub.add_parser("score", help="score a trial list with a trained checkpoint", description=_cmd_score.__doc__)
+    p.add_argument("checkpoint", help="a .pt file from a run's checkpoints/ folder")
+    p.add_argument("--trials", help="trial list (default: eval.trials of the checkpoint's config)")
+    p.add_argument("--root", help="folder the trial paths are relative to (default: the trial list's folder)")
+    p.add_argument("--out", default=".", help="folder for scores.txt and metrics.json (default: .)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser("eval", help="EER and minDCF of a score file", description=_cmd_eval.__doc__)
+    p.add_argument("scores", help="score file with lines `enroll test score`")
+    p.add_argument("--trials", required=True, help="labelled trial list for the same pairs")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("models", help="list the registered model names", description=_cmd_models.__doc__)
+    p.set_defaults(func=_cmd_models)
+    return parser
+
+
+def _add_config_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument("--config", default=default, help="YAML config" + (f" (default: {default})" if default else ""))
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. train.lr=1e-3")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    """Train a speaker model; the run folder (train.out_dir) receives config, checkpoints and metrics."""
+    from voxfast.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    summary, metrics = _train_and_score(cfg, Path(cfg.train.out_dir), args.resume, evaluate=not args.no_eval)
+    print(json.dumps({**summary, **metrics}, indent=2))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """Generate the synthetic corpus if missing, train the demo model, score held-out speakers, print a table."""
+    from voxfast.config import load_config
+    from voxfast.data.synthetic import make_corpus
+
+    if args.config and not Path(args.config).is_file():
+        raise VoxfastError(f"config file not found: {args.config} (run from a voxfast checkout or pass --config)")
+    data = Path(args.data)
+    started = time.perf_counter()
+    if not (data / "meta.json").is_file():
+        log.info("generating the synthetic corpus in %s", data)
+        make_corpus(data)
+    out = Path(args.out or time.strftime("runs/demo-%Y%m%d-%H%M%S"))
+    paths = [f"data.train_list={data / 'train_list.txt'}", f"eval.trials={data / 'trials.txt'}",
+             f"train.out_dir={out}"]
+    cfg = load_config(args.config, [*paths, *args.overrides])
+    summary, metrics = _train_and_score(cfg, out, None, evaluate=True)
+    report = {**summary, **metrics, "total_minutes": (time.perf_counter() - started) / 60}
+    (out / "metrics.json").write_text(json.dumps(report, indent=2))
+    print(_demo_table(report, out))
+    return 0
+
+
+def _train_and_score(cfg: Any, out: Path, resume: str | None, evaluate: bool) -> tuple[dict, dict]:
+    from voxfast.config import save_config
+    from voxfast.tasks.speaker import SpeakerTask
+    from voxfast.train.trainer import Trainer
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    task = SpeakerTask(cfg)
+    trainer = Trainer(task, cfg.train, out, task.checkpoint_extra())
+    if resume:
+        trainer.load(resume)
+    summary = trainer.fit()
+    metrics = trainer.evaluate() if evaluate else {}
+    return summary, metrics
+
+
+def _demo_table(r: dict[str, Any], out: Path) -> str:
+    rows = [
+        ("EER", f"{r['eer']:.2f} %"),
+        ("minDCF (p=0.01)", f"{r['min_dcf_0.01']:.3f}"),
+        ("minDCF (p=0.05)", f"{r['min_dcf_0.05']:.3f}"),
+        ("trials", f"{r['n_trials']} ({r['n_target']} target)"),
+        ("training", f"{r['train_minutes']:.2f} min"),
+        ("train speed", f"{r['train_samples_per_s']:.1f} samples/s"),
+        ("total", f"{r['total_minutes']:.2f} min"),
+    ]
+    lines = [f"voxfast demo: held-out synthetic speakers ({out})"]
+    lines += [f"  {name:<16} {value}" for name, value in rows]
+    return "\n".join(lines)
+
+
+def _cmd_make_data(args: argparse.Namespace) -> int:
+    """Write the embedded synthetic corpus: speakers, train list, trial list, noise/speech/music banks, RIRs."""
+    from voxfast.data.synthetic import CorpusSpec, make_corpus
+
+    spec = CorpusSpec(seed=args.seed, train_speakers=args.train_speakers, test_speakers=args.test_speakers,
+                      train_utts=args.train_utts, test_utts=args.test_utts, workers=args.workers)
+    if min(spec.train_speakers, spec.test_speakers) < 2 or min(spec.train_utts, spec.test_utts) < 2:
+        raise VoxfastError("make-demo-data needs at least 2 speakers and 2 utterances per speaker in each split")
+    start = time.perf_counter()
+    paths = make_corpus(args.out, spec)
+    print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s: train list {paths['train_list']}, "
+          f"trials {paths['trials']}")
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    """Embed the utterances of a trial list with a checkpoint, write scores.txt and print EER/minDCF."""
+    from voxfast.tasks.speaker import load_embedder, score_trials
+    from voxfast.train.trainer import resolve_device
+
+    device = resolve_device(args.device)
+    embedder, cfg = load_embedder(args.checkpoint, device)
+    if args.trials:
+        cfg.eval.trials = args.trials
+        cfg.eval.root = args.root
+    elif args.root:
+        cfg.eval.root = args.root
+    metrics = score_trials(embedder, cfg, device, Path(args.out))
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    """EER and minDCF (p = 0.01, 0.05) of a score file against a labelled trial list."""
+    from voxfast.data.manifest import read_scores, read_trials
+    from voxfast.eval.metrics import verification_metrics
+
+    pairs, scores = read_scores(args.scores)
+    labels = {(t.enroll, t.test): t.label for t in read_trials(args.trials)}
+    missing = [p for p in pairs if p not in labels]
+    if missing:
+        raise VoxfastError(f"{len(missing)} scored pair(s) are not in {args.trials}, first: {missing[0][0]} "
+                           f"{missing[0][1]} (score and evaluate with the same trial list)")
+    if any(labels[p] is None for p in pairs):
+        raise VoxfastError(f"{args.trials} is unlabelled; eval needs `label enroll test` or `enroll test target`")
+    metrics = verification_metrics(scores, np.array([labels[p] for p in pairs]))
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(f"EER {metrics['eer']:.3f} %  minDCF(0.01) {metrics['min_dcf_0.01']:.4f}  "
+              f"minDCF(0.05) {metrics['min_dcf_0.05']:.4f}  trials {len(pairs)}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    """List the names accepted by model.name."""
+    from voxfast.models.registry import available_models
+
+    print("\n".join(available_models()))
+    return 0

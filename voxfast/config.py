@@ -1,0 +1,290 @@
+"""Typed configuration: nested dataclasses loaded from YAML with strict validation.
+
+A typo in a config silently falling back to a default wastes a GPU-day, so unknown keys and wrong
+types are rejected, and every problem is reported at once with its YAML path (``train.lr``) rather
+than one per run. Command-line overrides (``train.lr=1e-3``) are coerced to the field's type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from voxfast.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    train_list: str = "demo_data/train_list.txt"  # VoxCeleb-style `speaker path` list, or a Kaldi dir
+    train_root: str | None = None  # folder the list's paths are relative to (default: the list's folder)
+    sample_rate: int = 16000  # every file must have this rate
+    num_frames: int = 200  # training crop in 10 ms frames: frames*160+240 samples (voxceleb_trainer)
+    num_workers: int = 2  # DataLoader worker processes (0 = load in the main process)
+    pin_memory: bool = True  # page-locked host batches for async copies; only used with CUDA
+    prefetch_factor: int = 4  # batches each worker keeps ready
+    max_consecutive_failures: int = 20  # unreadable files in a row before the run stops
+
+
+@dataclass
+class AugmentConfig:
+    enabled: bool = False  # add noise / reverb to training crops
+    noise_dir: str | None = None  # MUSAN-style folder with noise/, speech/, music/ subfolders of wav files
+    rir_dir: str | None = None  # folder of room impulse responses (wav)
+    prob: float = 0.6  # probability that a crop is augmented at all
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnetse_demo"  # a name from the model registry (`voxfast models` lists them)
+    n_mels: int = 40  # mel bands of the log-mel front end
+    embed_dim: int = 256  # speaker-embedding size
+    pooling: Literal["sap", "tstp"] = "tstp"  # self-attentive pooling or temporal mean+std
+
+
+@dataclass
+class HeadConfig:
+    name: Literal["softmax", "am", "aam"] = "aam"  # classification head used only during training
+    margin: float = 0.2  # additive (am) or angular (aam) margin
+    scale: float = 30.0  # logit scale s
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10  # passes over the training list
+    global_batch: int = 128  # samples per optimizer step, over all micro-batches and processes
+    micro_batch: int = 128  # samples per forward pass; accumulation = global_batch / micro_batch
+    lr: float = 3e-3  # peak learning rate of AdamW
+    weight_decay: float = 5e-5  # AdamW weight decay (not applied to norms and biases)
+    warmup_epochs: float = 1.0  # linear LR warm-up, then cosine decay to lr * min_lr_ratio
+    min_lr_ratio: float = 0.02  # final LR as a fraction of the peak
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CPU, fp16 on CUDA
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    clip_grad_norm: float = 5.0  # max gradient norm (0 disables clipping)
+    seed: int = 1234  # seeds python, numpy and torch; loader workers derive their own seeds
+    log_every: int = 10  # optimizer steps between log lines
+    out_dir: str = "runs/demo"  # run folder: resolved config, checkpoints, scores, metrics
+    threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
+
+
+@dataclass
+class EvalConfig:
+    trials: str = "demo_data/trials.txt"  # trial list: `label enroll test` or `enroll test target|nontarget`
+    root: str | None = None  # folder the trial paths are relative to (default: the trial list's folder)
+    max_seconds: float = 0.0  # cap on the audio embedded per utterance (0 = whole utterance)
+    batch_seconds: float = 120.0  # audio seconds per embedding batch (utterances of similar length)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Build a Config from an optional YAML file plus ``section.key=value`` overrides.
+
+    Raises ConfigError listing every unknown key, wrong type and malformed override together.
+    """
+    raw: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
+    errors: list[str] = []
+    for item in overrides:
+        _apply_override(raw, item, errors)
+    return _validated(raw, str(path) if path is not None else "defaults", errors)
+
+
+def load_config_dict(raw: dict[str, Any], source: str = "checkpoint") -> Config:
+    """Rebuild a Config from its dict form (as stored in checkpoints), with the same validation."""
+    return _validated(raw, source, [])
+
+
+def _validated(raw: dict[str, Any], source: str, errors: list[str]) -> Config:
+    cfg = _build(Config, raw, "", errors)
+    errors.extend(_check_values(cfg))
+    if errors:
+        lines = "\n".join(f"  - {e}" for e in errors)
+        raise ConfigError(f"invalid config ({source}), {len(errors)} problem(s):\n{lines}")
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config so a run folder alone says how it was produced."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (pass an existing YAML file, e.g. configs/demo.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _apply_override(raw: dict[str, Any], item: str, errors: list[str]) -> None:
+    key, sep, value = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) != 2 or not all(parts):
+        errors.append(f"override {item!r}: expected section.key=value, e.g. train.lr=0.001")
+        return
+    section = raw.setdefault(parts[0], {})
+    if not isinstance(section, dict):
+        errors.append(f"override {item!r}: {parts[0]} is not a section")
+        return
+    section[parts[1]] = _OverrideText(value.strip())
+
+
+class _OverrideText(str):
+    """A value typed on the command line: coerced to the field's type rather than taken as a string."""
+
+
+def _build(cls: type, raw: Any, prefix: str, errors: list[str]) -> Any:
+    if not isinstance(raw, dict):
+        errors.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            errors.append(_unknown_key(prefix, str(key), list(fields)))
+    kwargs = {}
+    for name in fields:
+        if name not in raw:
+            continue
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, raw[name], f"{prefix}{name}.", errors)
+        else:
+            ok, value = _coerce(raw[name], tp)
+            if ok:
+                kwargs[name] = value
+            else:
+                errors.append(f"{prefix}{name}: expected {_type_name(tp)}, got {raw[name]!r}")
+    return cls(**kwargs)
+
+
+def _unknown_key(prefix: str, key: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"{prefix}{key}: unknown key{hint} (allowed: {', '.join(allowed)})"
+
+
+def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Return (ok, value converted to type tp); command-line text is parsed, YAML values are checked."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        text = str(value) if isinstance(value, _OverrideText) else value
+        return (text in typing.get_args(tp), text)
+    if origin in (typing.Union, types.UnionType):
+        if isinstance(value, _OverrideText) and value.lower() in ("null", "none", "~"):
+            value = None
+        if value is None:
+            return (type(None) in typing.get_args(tp), None)
+        for arg in typing.get_args(tp):
+            if arg is not type(None):
+                ok, out = _coerce(value, arg)
+                if ok:
+                    return True, out
+        return False, None
+    return _coerce_scalar(value, tp)
+
+
+def _coerce_scalar(value: Any, tp: Any) -> tuple[bool, Any]:
+    if tp is bool:
+        if isinstance(value, bool):
+            return True, value
+        if isinstance(value, _OverrideText) and value.lower() in _BOOL_TEXT:
+            return True, _BOOL_TEXT[value.lower()]
+        return False, None
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return True, value
+        if isinstance(value, _OverrideText):
+            try:
+                return True, int(value)
+            except ValueError:
+                return False, None
+        return False, None
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, None
+        return False, None
+    if tp is str:
+        return (isinstance(value, str), str(value) if isinstance(value, str) else None)
+    raise TypeError(f"config field type {tp!r} is not supported")  # internal: a new field type needs code
+
+
+_BOOL_TEXT = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_values(cfg: Config) -> list[str]:
+    """Range checks that types alone cannot express."""
+    errors = []
+    positive = {
+        "data.sample_rate": cfg.data.sample_rate,
+        "data.num_frames": cfg.data.num_frames,
+        "data.max_consecutive_failures": cfg.data.max_consecutive_failures,
+        "model.n_mels": cfg.model.n_mels,
+        "model.embed_dim": cfg.model.embed_dim,
+        "train.epochs": cfg.train.epochs,
+        "train.global_batch": cfg.train.global_batch,
+        "train.micro_batch": cfg.train.micro_batch,
+        "train.lr": cfg.train.lr,
+        "train.log_every": cfg.train.log_every,
+        "head.scale": cfg.head.scale,
+        "eval.batch_seconds": cfg.eval.batch_seconds,
+    }
+    errors += [f"{k}: must be > 0, got {v}" for k, v in positive.items() if v <= 0]
+    non_negative = {
+        "data.num_workers": cfg.data.num_workers,
+        "train.weight_decay": cfg.train.weight_decay,
+        "train.warmup_epochs": cfg.train.warmup_epochs,
+        "train.clip_grad_norm": cfg.train.clip_grad_norm,
+        "train.threads": cfg.train.threads,
+        "eval.max_seconds": cfg.eval.max_seconds,
+        "head.margin": cfg.head.margin,
+    }
+    errors += [f"{k}: must be >= 0, got {v}" for k, v in non_negative.items() if v < 0]
+    if cfg.train.global_batch % cfg.train.micro_batch:
+        errors.append(
+            f"train.global_batch ({cfg.train.global_batch}) must be a multiple of train.micro_batch "
+            f"({cfg.train.micro_batch}); accumulation steps are global_batch / micro_batch"
+        )
+    if not 0.0 <= cfg.augment.prob <= 1.0:
+        errors.append(f"augment.prob: must be in [0, 1], got {cfg.augment.prob}")
+    if not 0.0 < cfg.train.min_lr_ratio <= 1.0:
+        errors.append(f"train.min_lr_ratio: must be in (0, 1], got {cfg.train.min_lr_ratio}")
+    return errors

@@ -1,0 +1,408 @@
+"""Utterance lists, trial lists and score files: reading, writing and precise error messages.
+
+Supported inputs are the two layouts speaker-verification data usually comes in:
+
+* VoxCeleb lists (``train_list.txt``): one ``speaker relative/path.wav`` per line;
+* Kaldi data directories: ``wav.scp`` (``utt path``) plus ``utt2spk`` (``utt speaker``).
+
+Trial lists may be VoxCeleb (``1 enroll test``), Kaldi (``enroll test target|nontarget``) or
+unlabelled (``enroll test``). Score files are ``enroll test score``.
+
+Every reader skips blank lines and lines starting with ``#``. A malformed line raises
+:class:`~voxfast.errors.ListFormatError` whose message starts with ``file:line:`` (1-based, counting
+every physical line) and ends with how to fix it, because these files are usually hand-edited or made by
+other toolkits and a traceback into the parser does not tell the user which line to look at.
+Fields are separated by whitespace, so ids and paths cannot contain spaces.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from voxfast.errors import ListFormatError, VoxfastError
+
+__all__ = [
+    "Trial",
+    "Utterance",
+    "read_kaldi_dir",
+    "read_scores",
+    "read_trials",
+    "read_utterances",
+    "read_voxceleb_list",
+    "speaker_index",
+    "write_scores",
+    "write_trials",
+    "write_voxceleb_list",
+]
+
+StrPath = str | os.PathLike[str]
+
+_LIST_HINT = "run `voxfast make-demo-data` or pass an existing list"
+_TRIAL_HINT = "pass an existing trial list"
+_FIX_LINE = "fix the line or delete it"
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One training/test utterance: its id, its speaker and the absolute path of its audio file."""
+
+    utt: str
+    spk: str
+    path: str
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One verification trial; ``label`` is 1 (same speaker), 0 (different) or None (unlabelled)."""
+
+    enroll: str
+    test: str
+    label: int | None
+
+
+# --------------------------------------------------------------------------------------------------
+# Line reading and error messages.
+
+
+def _line_error(path: StrPath, lineno: int, problem: str, text: str, fix: str = _FIX_LINE) -> ListFormatError:
+    """Build the ``file:line: problem: 'line' (fix)`` error every reader raises."""
+    shown = text if len(text) <= 100 else text[:97] + "..."
+    return ListFormatError(f"{path}:{lineno}: {problem}: {shown!r} ({fix})")
+
+
+def _require_file(path: Path, kind: str, hint: str) -> None:
+    """Fail early with the path and a hint instead of a bare FileNotFoundError."""
+    if path.is_dir():
+        raise VoxfastError(f"{kind} is a directory, not a file: {path}; {hint}")
+    if not path.is_file():
+        raise VoxfastError(f"{kind} not found: {path}; {hint}")
+
+
+def _lines(path: Path, kind: str, hint: str) -> Iterator[tuple[int, list[str]]]:
+    """Yield ``(1-based line number, fields)`` of every line that is neither blank nor a ``#`` comment."""
+    _require_file(path, kind, hint)
+    try:
+        with path.open(encoding="utf-8-sig") as f:  # -sig: tolerate a BOM from Windows editors
+            for lineno, raw in enumerate(f, start=1):
+                fields = raw.split()
+                if fields and not fields[0].startswith("#"):
+                    yield lineno, fields
+    except UnicodeDecodeError as e:
+        raise VoxfastError(
+            f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); {kind}s must be plain text files"
+        ) from None
+
+
+def _check_unique(path: Path, lineno: int, key: str, seen: dict[str, int], text: str) -> None:
+    """Reject a repeated id: it would silently double-weight or override an utterance."""
+    first = seen.setdefault(key, lineno)
+    if first != lineno:
+        raise _line_error(path, lineno, f"duplicate id {key!r} (first on line {first})", text)
+
+
+def _resolve(base: str, rel: str) -> str:
+    """Absolute, normalised path of ``rel`` under ``base`` (an absolute ``rel`` is kept as is)."""
+    return os.path.normpath(os.path.join(base, rel))
+
+
+# --------------------------------------------------------------------------------------------------
+# Utterance lists.
+
+
+def read_voxceleb_list(path: StrPath, root: StrPath | None = None) -> list[Utterance]:
+    """Read a VoxCeleb ``speaker relpath`` list; paths are relative to ``root`` (default: the list's folder).
+
+    The utterance id is the relative path as written, which is unique and stable across machines.
+
+    Raises:
+        VoxfastError: the file is missing or empty.
+        ListFormatError: a line does not have exactly two columns, or a path appears twice.
+    """
+    path = Path(path)
+    base = os.path.abspath(root if root is not None else path.parent)
+    utts: list[Utterance] = []
+    seen: dict[str, int] = {}
+    for lineno, fields in _lines(path, "list file", _LIST_HINT):
+        if len(fields) != 2:
+            fix = _FIX_LINE if len(fields) < 2 else _FIX_LINE + "; paths cannot contain spaces"
+            raise _line_error(
+                path, lineno, f"expected 2 columns 'speaker path', found {len(fields)}", " ".join(fields), fix
+            )
+        spk, rel = fields
+        _check_unique(path, lineno, rel, seen, " ".join(fields))
+        utts.append(Utterance(utt=rel, spk=spk, path=_resolve(base, rel)))
+    if not utts:
+        raise VoxfastError(f"list file has no utterances: {path}; {_LIST_HINT}")
+    return utts
+
+
+def _read_wav_scp(path: Path, base: str) -> dict[str, str]:
+    """``utt -> absolute path`` from wav.scp; command pipes are rejected because voxfast reads files only."""
+    wavs: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    for lineno, fields in _lines(path, "wav.scp", "a Kaldi data directory needs wav.scp and utt2spk"):
+        text = " ".join(fields)
+        if fields[-1].endswith("|") or fields[-1] == "-":
+            raise _line_error(
+                path,
+                lineno,
+                "command pipes are not supported, voxfast reads audio files only",
+                text,
+                "write the command's output to a .wav/.flac file and put that path here",
+            )
+        if len(fields) != 2:
+            raise _line_error(path, lineno, f"expected 2 columns 'utterance path', found {len(fields)}", text)
+        _check_unique(path, lineno, fields[0], seen, text)
+        wavs[fields[0]] = _resolve(base, fields[1])
+    return wavs
+
+
+def _read_utt2spk(path: Path) -> dict[str, str]:
+    """``utt -> speaker`` from utt2spk."""
+    spk_of: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    for lineno, fields in _lines(path, "utt2spk", "a Kaldi data directory needs wav.scp and utt2spk"):
+        text = " ".join(fields)
+        if len(fields) != 2:
+            raise _line_error(path, lineno, f"expected 2 columns 'utterance speaker', found {len(fields)}", text)
+        _check_unique(path, lineno, fields[0], seen, text)
+        spk_of[fields[0]] = fields[1]
+    return spk_of
+
+
+def read_kaldi_dir(directory: StrPath, root: StrPath | None = None) -> list[Utterance]:
+    """Read a Kaldi data directory (``wav.scp`` + ``utt2spk``) in wav.scp order.
+
+    Relative wav.scp paths are resolved against ``root``, by default the current directory: Kaldi
+    recipes write them relative to the recipe folder they run from, not to the data directory.
+    Utterances listed only in utt2spk are ignored (as after ``utils/fix_data_dir.sh``).
+
+    Raises:
+        VoxfastError: the directory, wav.scp or utt2spk is missing, or wav.scp is empty.
+        ListFormatError: a malformed or duplicate line, a command pipe, or utterances without a speaker.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise VoxfastError(f"Kaldi data directory not found: {directory}; pass a folder holding wav.scp and utt2spk")
+    wavs = _read_wav_scp(directory / "wav.scp", os.path.abspath(root if root is not None else os.curdir))
+    if not wavs:
+        raise VoxfastError(f"wav.scp has no utterances: {directory / 'wav.scp'}; {_LIST_HINT}")
+    spk_of = _read_utt2spk(directory / "utt2spk")
+    missing = [utt for utt in wavs if utt not in spk_of]
+    if missing:
+        first = ", ".join(repr(u) for u in missing[:5])
+        raise ListFormatError(
+            f"{directory / 'utt2spk'}: {len(missing)} utterance(s) from wav.scp have no speaker, first: {first} "
+            "(add them to utt2spk or remove them from wav.scp, e.g. with Kaldi's utils/fix_data_dir.sh)"
+        )
+    return [Utterance(utt=utt, spk=spk_of[utt], path=p) for utt, p in wavs.items()]
+
+
+def read_utterances(path: StrPath, root: StrPath | None = None) -> list[Utterance]:
+    """Read a Kaldi data directory (a folder with wav.scp) or else a VoxCeleb list file.
+
+    ``root`` is passed on: the folder relative paths are resolved against (see the two readers).
+    """
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "wav.scp").is_file():
+            raise VoxfastError(
+                f"{path} is a directory without wav.scp; pass a VoxCeleb list file or a Kaldi data directory"
+            )
+        return read_kaldi_dir(path, root)
+    return read_voxceleb_list(path, root)
+
+
+def speaker_index(utts: Iterable[Utterance]) -> dict[str, int]:
+    """Map speaker names to contiguous class ids 0..N-1 in sorted order, so ids do not depend on list order."""
+    return {spk: i for i, spk in enumerate(sorted({u.spk for u in utts}))}
+
+
+# --------------------------------------------------------------------------------------------------
+# Trial lists.
+
+_VOXCELEB, _KALDI, _UNLABELLED = "VoxCeleb", "Kaldi", "unlabelled"
+_SHAPES = {
+    _VOXCELEB: "'label enroll test' with label 0/1",
+    _KALDI: "'enroll test target|nontarget'",
+    _UNLABELLED: "'enroll test'",
+}
+
+
+def _matches(fields: list[str], fmt: str) -> bool:
+    """Whether a line's fields fit a trial format."""
+    if fmt == _UNLABELLED:
+        return len(fields) == 2
+    if fmt == _VOXCELEB:
+        return len(fields) == 3 and fields[0] in ("0", "1")
+    return len(fields) == 3 and fields[2] in ("target", "nontarget")
+
+
+def _detect_format(path: Path, lineno: int, fields: list[str]) -> str:
+    """Format of the first line (VoxCeleb wins if a line fits both 3-column formats)."""
+    for fmt in (_VOXCELEB, _KALDI, _UNLABELLED):
+        if _matches(fields, fmt):
+            return fmt
+    expected = ", ".join(f"{shape} ({fmt})" for fmt, shape in _SHAPES.items())
+    raise _line_error(
+        path,
+        lineno,
+        f"cannot tell the trial format from {len(fields)} columns; expected one of {expected}",
+        " ".join(fields),
+        "fix the line so it uses one of these formats",
+    )
+
+
+def _mismatch_problem(fields: list[str], fmt: str, first_line: int) -> tuple[str, str]:
+    """Say why a line does not fit the file's format: wrong label, wrong column count, or another format."""
+    detected = f"{fmt} format, detected from line {first_line}"
+    other = next((f for f in (_VOXCELEB, _KALDI, _UNLABELLED) if f != fmt and _matches(fields, f)), None)
+    if other is not None:
+        return f"line is in {other} format but the file is in {detected}", "use one format for the whole file"
+    want = 2 if fmt == _UNLABELLED else 3
+    if len(fields) != want:
+        return f"expected {want} columns {_SHAPES[fmt]} ({detected}), found {len(fields)}", _FIX_LINE
+    if fmt == _VOXCELEB:
+        return f"label must be 0 or 1, found {fields[0]!r} ({detected})", _FIX_LINE
+    return f"label must be 'target' or 'nontarget', found {fields[2]!r} ({detected})", _FIX_LINE
+
+
+def _to_trial(fields: list[str], fmt: str) -> Trial:
+    """Build a Trial from fields already known to match ``fmt``."""
+    if fmt == _VOXCELEB:
+        return Trial(enroll=fields[1], test=fields[2], label=int(fields[0]))
+    if fmt == _KALDI:
+        return Trial(enroll=fields[0], test=fields[1], label=int(fields[2] == "target"))
+    return Trial(enroll=fields[0], test=fields[1], label=None)
+
+
+def read_trials(path: StrPath) -> list[Trial]:
+    """Read a VoxCeleb, Kaldi or unlabelled trial list; the first line fixes the format for the whole file.
+
+    Raises:
+        VoxfastError: the file is missing or has no trials.
+        ListFormatError: a line does not fit the detected format (message names the line and why).
+    """
+    path = Path(path)
+    fmt, first_line = "", 0
+    trials: list[Trial] = []
+    for lineno, fields in _lines(path, "trial file", _TRIAL_HINT):
+        if not fmt:
+            fmt, first_line = _detect_format(path, lineno, fields), lineno
+        elif not _matches(fields, fmt):
+            problem, fix = _mismatch_problem(fields, fmt, first_line)
+            raise _line_error(path, lineno, problem, " ".join(fields), fix)
+        trials.append(_to_trial(fields, fmt))
+    if not trials:
+        raise VoxfastError(f"trial file has no trials: {path}; {_TRIAL_HINT}")
+    return trials
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing.
+
+
+def _check_token(value: str, what: str) -> str:
+    """Refuse ids/paths that would not read back as one whitespace-separated field."""
+    if not value or any(c.isspace() for c in value) or value.startswith("#"):
+        raise VoxfastError(f"cannot write {what} {value!r}: it must be non-empty, without spaces and not start with #")
+    return value
+
+
+def _write_lines(path: StrPath, lines: Iterable[str]) -> None:
+    """Write lines atomically (temp file + rename), so an interrupted run never leaves a truncated list."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for line in lines:
+                f.write(line + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_voxceleb_list(path: StrPath, utts: Iterable[Utterance], root: StrPath | None = None) -> None:
+    """Write ``speaker relpath`` lines, paths relative to ``root`` (default: the list's folder).
+
+    Reading the file back with the same ``root`` gives the same speakers and audio paths.
+    """
+    base = os.path.abspath(root if root is not None else Path(path).parent)
+
+    def lines() -> Iterator[str]:
+        for u in utts:
+            rel = os.path.relpath(u.path, base)
+            yield f"{_check_token(u.spk, 'speaker')} {_check_token(rel, 'path')}"
+
+    _write_lines(path, lines())
+
+
+def write_trials(path: StrPath, trials: Sequence[Trial]) -> None:
+    """Write trials in VoxCeleb format (``label enroll test``); all-unlabelled trials as ``enroll test``."""
+    unlabelled = {t.label is None for t in trials}
+    if len(unlabelled) > 1:
+        raise VoxfastError("cannot write a mix of labelled and unlabelled trials; label all of them or none")
+
+    def line(t: Trial) -> str:
+        pair = f"{_check_token(t.enroll, 'enroll id')} {_check_token(t.test, 'test id')}"
+        if t.label is None:
+            return pair
+        if t.label not in (0, 1):
+            raise VoxfastError(f"trial label must be 0 or 1, found {t.label!r} for {pair!r}")
+        return f"{int(t.label)} {pair}"
+
+    _write_lines(path, (line(t) for t in trials))
+
+
+def _pair(trial: Trial | tuple[str, str]) -> tuple[str, str]:
+    """Accept Trial objects or the (enroll, test) tuples :func:`read_scores` returns."""
+    return (trial.enroll, trial.test) if isinstance(trial, Trial) else (trial[0], trial[1])
+
+
+def write_scores(path: StrPath, trials: Sequence[Trial | tuple[str, str]], scores: np.ndarray) -> None:
+    """Write ``enroll test score`` lines, score with 6 decimals (enough for EER to 1e-4 %)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 1 or scores.size != len(trials):
+        raise VoxfastError(f"{len(trials)} trials but {scores.size} scores; every trial needs exactly one score")
+
+    def lines() -> Iterator[str]:
+        for trial, score in zip(trials, scores.tolist(), strict=True):
+            enroll, test = _pair(trial)
+            yield f"{_check_token(enroll, 'enroll id')} {_check_token(test, 'test id')} {score:.6f}"
+
+    _write_lines(path, lines())
+
+
+def read_scores(path: StrPath) -> tuple[list[tuple[str, str]], np.ndarray]:
+    """Read ``enroll test score`` lines into (pairs, float64 scores).
+
+    float64 keeps the 6 written decimals exact enough that tied scores stay tied and distinct ones distinct.
+
+    Raises:
+        VoxfastError: the file is missing or empty.
+        ListFormatError: a line without 3 columns or with a score that is not a number.
+    """
+    path = Path(path)
+    pairs: list[tuple[str, str]] = []
+    values: list[float] = []
+    for lineno, fields in _lines(path, "score file", "run scoring first or pass an existing score file"):
+        if len(fields) != 3:
+            raise _line_error(
+                path, lineno, f"expected 3 columns 'enroll test score', found {len(fields)}", " ".join(fields)
+            )
+        try:
+            values.append(float(fields[2]))
+        except ValueError:
+            raise _line_error(path, lineno, f"score is not a number: {fields[2]!r}", " ".join(fields)) from None
+        pairs.append((fields[0], fields[1]))
+    if not pairs:
+        raise VoxfastError(f"score file has no scores: {path}; run scoring first or pass an existing score file")
+    return pairs, np.asarray(values, dtype=np.float64)
