@@ -111,9 +111,11 @@ def load_config_dict(raw: dict[str, Any], source: str = "checkpoint") -> Config:
 def _validated(raw: dict[str, Any], source: str, errors: list[str]) -> Config:
     cfg = _build(Config, raw, "", errors)
     errors.extend(_check_values(cfg))
+    if len(errors) == 1:
+        raise ConfigError(f"invalid config ({source}): {errors[0]}")
     if errors:
         lines = "\n".join(f"  - {e}" for e in errors)
-        raise ConfigError(f"invalid config ({source}), {len(errors)} problem(s):\n{lines}")
+        raise ConfigError(f"invalid config ({source}), {len(errors)} problems:\n{lines}")
     return cfg
 
 

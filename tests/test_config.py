@@ -1,0 +1,96 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from voxfast.config import Config, load_config, load_config_dict, save_config
+from voxfast.errors import ConfigError
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_validates(path):
+    assert isinstance(load_config(path), Config)
+
+
+def test_defaults_without_file():
+    cfg = load_config()
+    assert cfg.train.lr == Config().train.lr
+
+
+def _write(tmp_path, data) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_unknown_key_is_rejected_with_suggestion(tmp_path):
+    with pytest.raises(ConfigError, match=r"model\.nmae: unknown key; did you mean 'name'\?"):
+        load_config(_write(tmp_path, {"model": {"nmae": "x"}}))
+
+
+def test_unknown_section_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match=r"trian: unknown key; did you mean 'train'\?"):
+        load_config(_write(tmp_path, {"trian": {"lr": 1.0}}))
+
+
+def test_wrong_type_names_path_and_expected_type(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.epochs: expected int, got 'ten'"):
+        load_config(_write(tmp_path, {"train": {"epochs": "ten"}}))
+
+
+def test_all_errors_are_reported_together(tmp_path):
+    path = _write(tmp_path, {"train": {"epochs": "x", "lr": [1]}, "model": {"nmae": 1}, "head": {"name": "arc"}})
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["data.num_frames=abc"])
+    msg = str(info.value)
+    assert "5 problems" in msg
+    for key in ("train.epochs", "train.lr", "model.nmae", "head.name", "data.num_frames"):
+        assert key in msg
+    assert str(path) in msg
+
+
+def test_overrides_are_coerced_to_field_types():
+    cfg = load_config(None, ["train.lr=1e-3", "train.epochs=3", "data.pin_memory=false", "augment.noise_dir=null",
+                             "head.name=am", "augment.rir_dir=/x/rirs"])
+    assert cfg.train.lr == pytest.approx(1e-3) and isinstance(cfg.train.lr, float)
+    assert cfg.train.epochs == 3 and cfg.data.pin_memory is False
+    assert cfg.augment.noise_dir is None and cfg.augment.rir_dir == "/x/rirs" and cfg.head.name == "am"
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("train.epochs=2.5", "train.epochs: expected int"),
+    ("train=3", "expected section.key=value"),
+    ("train.lr", "expected section.key=value"),
+    ("head.name=arcface", "head.name: expected one of 'softmax', 'am', 'aam'"),
+    ("data.pin_memory=maybe", "data.pin_memory: expected bool"),
+])
+def test_bad_overrides(override, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_yaml_exponent_without_dot_is_a_float(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1e-3\n")  # YAML 1.1 reads this as a string
+    assert load_config(path).train.lr == pytest.approx(1e-3)
+
+
+def test_value_checks():
+    with pytest.raises(ConfigError, match=r"multiple of train\.micro_batch"):
+        load_config(None, ["train.global_batch=100", "train.micro_batch=64"])
+    with pytest.raises(ConfigError, match=r"train\.epochs: must be > 0"):
+        load_config(None, ["train.epochs=0"])
+
+
+def test_missing_file_names_it(tmp_path):
+    with pytest.raises(ConfigError, match=r"config file not found: .*nope\.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["train.lr=0.01", "model.embed_dim=128"])
+    save_config(cfg, tmp_path / "run.yaml")
+    assert load_config(tmp_path / "run.yaml") == cfg
+    assert load_config_dict(yaml.safe_load((tmp_path / "run.yaml").read_text())) == cfg
