@@ -420,8 +420,11 @@ def _write_bank(job: tuple[int, str, int, str]) -> None:
         elif kind == "speech":  # babble source: voices not among the train or test speakers
             audio = synthesize_utterance(make_speaker(rng), rng, 5.0)
         else:
-            audio = make_rir(rng, rng.uniform(0.2, 1.0))
-        sf.write(folder / f"{kind}_{i:03d}.wav", audio, SR, subtype="PCM_16" if kind != "rirs" else "FLOAT")
+            # Peak-scaled to fit integer PCM (users renormalise RIRs to unit energy on load); float WAVs would
+            # carry libsndfile's time-stamped PEAK chunk and break byte-for-byte determinism.
+            rir = make_rir(rng, rng.uniform(0.2, 1.0))
+            audio = 0.9 * rir / np.abs(rir).max()
+        sf.write(folder / f"{kind}_{i:03d}.wav", audio, SR, subtype="PCM_24" if kind == "rirs" else "PCM_16")
 
 
 def hash_kind(kind: str) -> int:
