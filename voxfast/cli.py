@@ -78,6 +78,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=_cmd_eval)
 
+    p = sub.add_parser("pack", help="decode a list once into a memory-mapped store", description=_cmd_pack.__doc__)
+    p.add_argument("source", help="VoxCeleb-style list, Kaldi data dir, or a folder of audio files (e.g. MUSAN, RIRs)")
+    p.add_argument("out", help="store folder (an interrupted pack into the same folder resumes)")
+    p.add_argument("--root", help="folder the list's paths are relative to (default: the list's folder)")
+    p.add_argument("--sample-rate", type=int, default=16000, help="files at other rates are resampled (default 16000)")
+    p.add_argument("--dtype", choices=["int16", "float32"], default="int16",
+                   help="int16 (audio) or float32 (RIR banks, whose peaks may exceed int16)")
+    p.add_argument("--workers", type=int, default=2, help="decoding processes")
+    p.add_argument("--skip-bad", action="store_true", help="exit 0 even when some files could not be packed")
+    p.set_defaults(func=_cmd_pack)
+
+    p = sub.add_parser("bench-loader", help="time the loader against the voxceleb_trainer recipe",
+                       description=_cmd_bench_loader.__doc__)
+    p.add_argument("--list", help="training list to read (default: the demo corpus, generated when missing)")
+    p.add_argument("--noise-dir", help="MUSAN-style folder for augmentation (default: beside the list)")
+    p.add_argument("--rir-dir", help="RIR folder for augmentation (default: rirs/ beside the list)")
+    p.add_argument("--store", help="packed store of the list (default: <list folder>/store, packed when missing)")
+    p.add_argument("--make-corpus", metavar="DIR",
+                   help="first write a VoxCeleb-shaped corpus (4-16 s utterances, 5 s noises, 0.3-1 s RIRs) to DIR")
+    p.add_argument("--speakers", type=int, default=40, help="speakers of --make-corpus (default 40)")
+    p.add_argument("--workers", type=int, default=1, help="DataLoader workers (default 1)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--frames", type=int, default=200, help="crop length in frames (200 = 2 s)")
+    p.add_argument("--seconds", type=float, default=5.0, help="timed seconds per configuration")
+    p.add_argument("--device", default="auto", help="device for the batched augmentation (auto, cpu, cuda)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=_cmd_bench_loader)
+
     p = sub.add_parser("models", help="list the registered model names", description=_cmd_models.__doc__)
     p.set_defaults(func=_cmd_models)
     return parser
@@ -203,6 +231,55 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(f"EER {metrics['eer']:.3f} %  minDCF(0.01) {metrics['min_dcf_0.01']:.4f}  "
               f"minDCF(0.05) {metrics['min_dcf_0.05']:.4f}  trials {len(pairs)}")
+    return 0
+
+
+def _cmd_pack(args: argparse.Namespace) -> int:
+    """Decode every file once into one memory-mapped file plus an index; bad files are listed, not packed."""
+    from voxfast.audio.store import pack_store
+    from voxfast.data.manifest import Utterance, read_utterances
+
+    src = Path(args.source)
+    if src.is_dir() and not (src / "wav.scp").is_file():
+        files = sorted(p for p in src.rglob("*") if p.suffix.lower() in (".wav", ".flac", ".ogg"))
+        if not files:
+            raise VoxfastError(f"{src}: no .wav, .flac or .ogg files found (pass a list or a folder of audio)")
+        utts = [Utterance(str(p.relative_to(src)), p.relative_to(src).parts[0], str(p.resolve())) for p in files]
+    else:
+        utts = read_utterances(src, args.root)
+    summary = pack_store(utts, args.out, sample_rate=args.sample_rate, workers=args.workers, dtype=args.dtype)
+    print(f"packed {summary.packed} utterances ({summary.samples / args.sample_rate / 3600:.2f} h, "
+          f"{summary.resumed} resumed) into {args.out} in {summary.seconds:.1f} s")
+    if summary.bad:
+        print(f"{len(summary.bad)} file(s) could not be packed (also in {Path(args.out) / 'bad.tsv'}):")
+        for path, reason in summary.bad:
+            print(f"  {path}: {reason}")
+        return 0 if args.skip_bad else 1
+    return 0
+
+
+def _cmd_bench_loader(args: argparse.Namespace) -> int:
+    """Samples/s of voxfast's loader configurations and of the voxceleb_trainer recipe, measured in one run."""
+    from voxfast.bench.loader import format_results, run_bench
+    from voxfast.data.synthetic import CorpusSpec, make_corpus
+    from voxfast.train.trainer import resolve_device
+
+    if args.make_corpus:
+        spec = CorpusSpec(train_speakers=args.speakers, test_speakers=2, train_utts=10, test_utts=2,
+                          min_seconds=4.0, max_seconds=16.0)
+        list_path = make_corpus(args.make_corpus, spec)["train_list"]
+    elif args.list:
+        list_path = args.list
+    else:
+        list_path = "demo_data/train_list.txt"
+        if not Path(list_path).is_file():
+            make_corpus("demo_data")
+    root = Path(list_path).parent
+    noise_dir = args.noise_dir or (str(root) if (root / "noise").is_dir() else None)
+    rir_dir = args.rir_dir or (str(root / "rirs") if (root / "rirs").is_dir() else None)
+    results = run_bench(list_path, noise_dir, rir_dir, args.store or str(root / "store"), args.workers, args.batch,
+                        args.frames, args.seconds, str(resolve_device(args.device)))
+    print(format_results(results, args.json))
     return 0
 
 

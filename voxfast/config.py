@@ -24,10 +24,15 @@ from voxfast.errors import ConfigError
 class DataConfig:
     train_list: str = "demo_data/train_list.txt"  # VoxCeleb-style `speaker path` list, or a Kaldi dir
     train_root: str | None = None  # folder the list's paths are relative to (default: the list's folder)
-    sample_rate: int = 16000  # every file must have this rate
+    store: str | None = None  # packed store from `voxfast pack`: crops are slices of it, no decoding
+    sample_rate: int = 16000  # every file must have this rate (a packed store was resampled to it)
+    resample: bool = False  # resample files of another rate on read (default: reject, suggest `voxfast pack`)
     num_frames: int = 200  # training crop in 10 ms frames: frames*160+240 samples (voxceleb_trainer)
+    n_per_speaker: int = 1  # crops of one speaker next to each other in a batch; a speaker never fills two slots
+    max_seg_per_spk: int = 0  # cap on utterances per speaker per epoch (0 = all)
     num_workers: int = 2  # DataLoader worker processes (0 = load in the main process)
     pin_memory: bool = True  # page-locked host batches for async copies; only used with CUDA
+    persistent_workers: bool = True  # keep workers (and their open files and memmaps) across epochs
     prefetch_factor: int = 4  # batches each worker keeps ready
     max_consecutive_failures: int = 20  # unreadable files in a row before the run stops
 
@@ -35,9 +40,16 @@ class DataConfig:
 @dataclass
 class AugmentConfig:
     enabled: bool = False  # add noise / reverb to training crops
-    noise_dir: str | None = None  # MUSAN-style folder with noise/, speech/, music/ subfolders of wav files
-    rir_dir: str | None = None  # folder of room impulse responses (wav)
-    prob: float = 0.6  # probability that a crop is augmented at all
+    placement: Literal["cpu", "device"] = "cpu"  # cpu: in loader workers; device: batched FFTs on the model's device
+    noise_dir: str | None = None  # MUSAN-style folder (or packed store) with noise/, speech/, music/ subfolders
+    rir_dir: str | None = None  # folder (or packed store) of room impulse responses
+    # weights of none, reverb, music, babble, noise (voxceleb_trainer: uniform)
+    mix: tuple[float, float, float, float, float] = (1.0, 1.0, 1.0, 1.0, 1.0)
+    noise_snr: tuple[float, float] = (0.0, 15.0)  # dB range for MUSAN noise (voxceleb_trainer)
+    music_snr: tuple[float, float] = (5.0, 15.0)  # dB range for music
+    speech_snr: tuple[float, float] = (13.0, 20.0)  # dB range for each babble voice
+    babble_count: tuple[int, int] = (3, 7)  # voices mixed into babble (at most 7)
+    speed_perturb: bool = False  # speeds 0.9/1.0/1.1, each a new speaker id (WeSpeaker, 3D-Speaker)
 
 
 @dataclass
@@ -120,7 +132,9 @@ def _validated(raw: dict[str, Any], source: str, errors: list[str]) -> Config:
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """Plain dicts and lists (tuples become lists) that YAML and checkpoints store as they are."""
+    return dataclasses.asdict(cfg, dict_factory=lambda items: {k: list(v) if isinstance(v, tuple) else v
+                                                                for k, v in items})
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
@@ -196,6 +210,8 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     if origin is Literal:
         text = str(value) if isinstance(value, _OverrideText) else value
         return (text in typing.get_args(tp), text)
+    if origin is tuple:
+        return _coerce_tuple(value, typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
         if isinstance(value, _OverrideText) and value.lower() in ("null", "none", "~"):
             value = None
@@ -208,6 +224,21 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
                     return True, out
         return False, None
     return _coerce_scalar(value, tp)
+
+
+def _coerce_tuple(value: Any, args: tuple[Any, ...]) -> tuple[bool, Any]:
+    """Fixed-length tuples: a YAML list, or `a,b` / `[a,b]` on the command line."""
+    if isinstance(value, _OverrideText):
+        value = [_OverrideText(v.strip()) for v in value.strip("[]() ").split(",")]
+    if not isinstance(value, (list, tuple)) or len(value) != len(args):
+        return False, None
+    out = []
+    for item, arg in zip(value, args, strict=True):
+        ok, converted = _coerce(item, arg)
+        if not ok:
+            return False, None
+        out.append(converted)
+    return True, tuple(out)
 
 
 def _coerce_scalar(value: Any, tp: Any) -> tuple[bool, Any]:
@@ -249,6 +280,8 @@ def _type_name(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
         return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "a list of " + ", ".join(_type_name(a) for a in typing.get_args(tp))
     return getattr(tp, "__name__", str(tp))
 
 
@@ -258,6 +291,7 @@ def _check_values(cfg: Config) -> list[str]:
     positive = {
         "data.sample_rate": cfg.data.sample_rate,
         "data.num_frames": cfg.data.num_frames,
+        "data.n_per_speaker": cfg.data.n_per_speaker,
         "data.max_consecutive_failures": cfg.data.max_consecutive_failures,
         "model.n_mels": cfg.model.n_mels,
         "model.embed_dim": cfg.model.embed_dim,
@@ -272,6 +306,7 @@ def _check_values(cfg: Config) -> list[str]:
     errors += [f"{k}: must be > 0, got {v}" for k, v in positive.items() if v <= 0]
     non_negative = {
         "data.num_workers": cfg.data.num_workers,
+        "data.max_seg_per_spk": cfg.data.max_seg_per_spk,
         "train.weight_decay": cfg.train.weight_decay,
         "train.warmup_epochs": cfg.train.warmup_epochs,
         "train.clip_grad_norm": cfg.train.clip_grad_norm,
@@ -285,8 +320,29 @@ def _check_values(cfg: Config) -> list[str]:
             f"train.global_batch ({cfg.train.global_batch}) must be a multiple of train.micro_batch "
             f"({cfg.train.micro_batch}); accumulation steps are global_batch / micro_batch"
         )
-    if not 0.0 <= cfg.augment.prob <= 1.0:
-        errors.append(f"augment.prob: must be in [0, 1], got {cfg.augment.prob}")
+    if cfg.train.micro_batch % cfg.data.n_per_speaker:
+        errors.append(f"train.micro_batch ({cfg.train.micro_batch}) must be a multiple of data.n_per_speaker "
+                      f"({cfg.data.n_per_speaker})")
+    errors += _check_augment(cfg.augment)
     if not 0.0 < cfg.train.min_lr_ratio <= 1.0:
         errors.append(f"train.min_lr_ratio: must be in (0, 1], got {cfg.train.min_lr_ratio}")
+    return errors
+
+
+def _check_augment(aug: AugmentConfig) -> list[str]:
+    errors = []
+    if min(aug.mix) < 0 or sum(aug.mix) <= 0:
+        errors.append(f"augment.mix: weights must be >= 0 with a positive sum, got {list(aug.mix)}")
+    for name in ("noise_snr", "music_snr", "speech_snr", "babble_count"):
+        lo, hi = getattr(aug, name)
+        if lo > hi:
+            errors.append(f"augment.{name}: expected [low, high] with low <= high, got [{lo}, {hi}]")
+    if not 1 <= aug.babble_count[0] <= aug.babble_count[1] <= 7:
+        errors.append(f"augment.babble_count: must lie within [1, 7], got {list(aug.babble_count)}")
+    if aug.enabled:
+        _, reverb, music, babble, noise = aug.mix
+        if reverb > 0 and not aug.rir_dir:
+            errors.append("augment.rir_dir: needed for reverb (set it, or set the reverb weight of augment.mix to 0)")
+        if max(music, babble, noise) > 0 and not aug.noise_dir:
+            errors.append("augment.noise_dir: needed for music, babble, noise (set it, or zero their mix weights)")
     return errors

@@ -1,11 +1,21 @@
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
+from torch.utils.data import DataLoader
 
 from voxfast.audio.features import crop_samples
 from voxfast.audio.io import read_audio, read_random_crop
-from voxfast.data.manifest import Utterance
-from voxfast.data.speaker import EpochSampler, TrainCrops, collate_crops
+from voxfast.data.speaker import (
+    BatchRing,
+    FileSource,
+    RingBatches,
+    SpeakerBatchSampler,
+    TrainCrops,
+    collate_crops,
+    item_rng,
+    to_float_wave,
+)
 from voxfast.errors import AudioLoadError, VoxfastError
 
 
@@ -51,27 +61,140 @@ def test_stereo_is_downmixed(tmp_path):
     np.testing.assert_allclose(read_audio(tmp_path / "st.wav"), np.full(10, 0.4), rtol=1e-6)
 
 
-def test_sampler_is_a_seeded_permutation_per_epoch():
-    s = EpochSampler(50, seed=7)
+def _labels(counts):
+    return np.repeat(np.arange(len(counts)), counts)
+
+
+@pytest.mark.parametrize("n_per_speaker", [1, 2])
+def test_batches_never_repeat_a_speaker_and_keep_groups_together(n_per_speaker):
+    labels = _labels([40, 3, 7, 12, 5, 9, 30, 4, 6, 8])
+    sampler = SpeakerBatchSampler(labels, batch_size=8, n_per_speaker=n_per_speaker, seed=3)
+    seen = []
+    for batch in sampler:
+        idx = [i for i, _ in batch]
+        assert len(batch) == 8
+        spk = labels[idx].reshape(-1, n_per_speaker)
+        assert (spk == spk[:, :1]).all()  # a speaker's crops sit side by side
+        assert len(set(spk[:, 0])) == 8 // n_per_speaker  # ... and the speaker fills one slot only
+        seen += idx
+    assert len(seen) == len(set(seen))  # no utterance twice in an epoch
+    # The most batches any packing can make: B such that the speakers' groups, each capped at B, fill B batches.
+    groups = np.bincount(labels) // n_per_speaker
+    slots = 8 // n_per_speaker
+    best = max(b for b in range(1, len(labels)) if np.minimum(groups, b).sum() >= slots * b)
+    assert len(seen) // 8 >= best - 1  # deferring (not dropping) clashing groups stays near the optimum
+
+
+def test_sampler_epochs_seeds_and_cap():
+    labels = _labels([20] * 6)
+    s = SpeakerBatchSampler(labels, batch_size=4, max_seg_per_spk=5, seed=1)
     first = list(s)
-    assert sorted(i for i, _ in first) == list(range(50))
-    assert first == list(EpochSampler(50, seed=7))
+    assert first == list(SpeakerBatchSampler(labels, batch_size=4, max_seg_per_spk=5, seed=1))
+    counts = np.bincount(labels[[i for b in first for i, _ in b]], minlength=6)
+    assert counts.max() <= 5
     s.set_epoch(1)
-    second = list(s)
-    assert [i for i, _ in second] != [i for i, _ in first]
-    assert len({d for _, d in first + second}) == 100  # every draw has its own crop seed
+    assert list(s) != first
+    assert len({d for b in first for _, d in b}) == sum(len(b) for b in first)  # a crop seed per draw
+
+
+def test_distributed_ranks_split_the_epoch_evenly():
+    labels = _labels([15] * 10)
+    full = list(SpeakerBatchSampler(labels, batch_size=5, seed=2))
+    ranks = [list(SpeakerBatchSampler(labels, batch_size=5, seed=2, rank=r, world=3)) for r in range(3)]
+    assert len({len(r) for r in ranks}) == 1 and len(ranks[0]) == len(full) // 3
+    for r, batches in enumerate(ranks):
+        assert [[i for i, _ in b] for b in batches] == [[i for i, _ in b] for b in full[r::3][: len(ranks[0])]]
+
+
+def _files(tmp_path, n_files=6, subtype="PCM_16"):
+    paths = []
+    for i in range(n_files):
+        rng = np.random.default_rng(i)
+        sf.write(tmp_path / f"u{i}.wav", rng.uniform(-0.5, 0.5, 8000).astype(np.float32), 16000, subtype=subtype)
+        paths.append(str(tmp_path / f"u{i}.wav"))
+    return paths
+
+
+def _crops(source, labels, n=1000, dtype=torch.float32, batch=6, **kw):
+    return TrainCrops(source, labels, n, BatchRing(9, batch, n, dtype), **kw)
+
+
+def _epoch(ds, crop_labels, seed, workers):
+    sampler = RingBatches(SpeakerBatchSampler(crop_labels, batch_size=6, seed=seed), ds.ring.slots)
+    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate_crops, num_workers=workers,
+                        prefetch_factor=2 if workers else None)
+    waves, labels = [], []
+    for batch in loader:
+        waves.append(ds.batch_wave(batch).clone())  # clone: the ring slot is reused a few batches later
+        labels.append(torch.from_numpy(batch["label"]))
+    return torch.cat(waves), torch.cat(labels)
+
+
+def test_worker_seeding_gives_distinct_crops_and_repeats_for_a_seed(tmp_path):
+    paths = _files(tmp_path) * 4  # 6 speakers, each file listed 4 times
+    labels = list(range(6)) * 4
+    ds = _crops(FileSource(paths, 16000), labels)
+    a, la = _epoch(ds, labels, 5, workers=2)
+    b, lb = _epoch(ds, labels, 5, workers=2)
+    c, _ = _epoch(ds, labels, 6, workers=2)
+    torch.testing.assert_close(a, b)  # same seed, same crops, whatever worker served them
+    assert torch.equal(la, lb) and not torch.equal(a, c)
+    assert len({tuple(row[:16].tolist()) for row in a}) == len(a)  # no two workers replay the same random stream
+    zero, _ = _epoch(ds, labels, 5, workers=0)
+    torch.testing.assert_close(zero, a)  # and the worker count does not change them
+
+
+def test_int16_transport_carries_the_same_crops(tmp_path):
+    paths = _files(tmp_path)
+    labels = list(range(6))
+    as_float = _epoch(_crops(FileSource(paths, 16000), labels), labels, 3, workers=0)[0]
+    as_int16 = _epoch(_crops(FileSource(paths, 16000), labels, dtype=torch.int16), labels, 3, workers=1)[0]
+    assert as_int16.dtype == torch.int16
+    torch.testing.assert_close(to_float_wave(as_int16), as_float, rtol=0, atol=0)  # 16-bit PCM: exact
+
+
+def test_item_rng_is_a_pure_function_of_the_seed():
+    a = item_rng(42).random(5)
+    item_rng(7).random(3)
+    np.testing.assert_array_equal(item_rng(42).random(5), a)
+    assert not np.array_equal(item_rng(43).random(5), a)
+    draws = np.concatenate([item_rng(s).random(1000) for s in range(50)])
+    assert abs(draws.mean() - 0.5) < 0.01 and abs(draws.std() - np.sqrt(1 / 12)) < 0.01
 
 
 def test_unreadable_files_are_skipped_counted_and_bounded(tmp_path):
     _wav(tmp_path / "ok.wav", 4000)
-    utts = [Utterance("ok", "s1", str(tmp_path / "ok.wav"))] + [
-        Utterance(f"bad{i}", "s2", str(tmp_path / f"missing{i}.wav")) for i in range(3)
-    ]
-    ds = TrainCrops(utts, {"s1": 0, "s2": 1}, 1000, max_consecutive_failures=3)
-    batch = collate_crops([ds[(0, 1)], ds[(1, 2)], ds[(2, 3)]])
-    assert batch["wave"].shape == (1, 1000) and batch["failed"] == 2 and batch["label"].tolist() == [0]
-    assert ds[(0, 4)] is not None  # a good read resets the run of failures
-    ds[(1, 5)]
-    ds[(2, 6)]
+    paths = [str(tmp_path / "ok.wav")] + [str(tmp_path / f"missing{i}.wav") for i in range(3)]
+    ds = _crops(FileSource(paths, 16000), [0, 1, 1, 1], max_consecutive_failures=3)
+    batch = collate_crops([ds[(0, 1, 0, 0)], ds[(1, 2, 0, 1)], ds[(2, 3, 0, 2)]])
+    assert batch["failed"] == 2 and batch["label"].tolist() == [0] and batch["size"] == 3
+    wave = ds.batch_wave(batch)
+    assert wave.shape == (1, 1000)
+    np.testing.assert_array_equal(wave[0].numpy(), read_random_crop(paths[0], 1000, item_rng(1)))
+    assert ds[(0, 4, 1, 0)][1] == 0  # a good read resets the run of failures
+    ds[(1, 5, 1, 1)]
+    ds[(2, 6, 1, 2)]
     with pytest.raises(VoxfastError, match="3 audio files in a row failed"):
-        ds[(3, 7)]
+        ds[(3, 7, 1, 3)]
+
+
+def test_speed_perturbation_relabels_and_resamples(tmp_path):
+    ds = _crops(FileSource(_files(tmp_path), 16000), list(range(6)), speed_perturb=True)
+    assert ds.n_classes == 18
+    seen = set()
+    for seed in range(40):
+        _, label, _ = ds[(2, seed, 0, 0)]
+        assert ds.ring.buffer[0, 0].dtype == torch.float32
+        seen.add(label)
+    assert seen == {2, 8, 14}  # speaker 2 at speeds 1.0, 0.9 and 1.1
+
+
+def test_resample_on_read_when_allowed(tmp_path):
+    t = np.arange(8000) / 8000
+    sf.write(tmp_path / "8k.wav", (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 8000, subtype="FLOAT")
+    with pytest.raises(AudioLoadError, match="voxfast pack"):
+        read_random_crop(tmp_path / "8k.wav", 1000, np.random.default_rng(0), 16000)
+    crop = read_random_crop(tmp_path / "8k.wav", 1000, np.random.default_rng(0), 16000, resample_mismatch=True)
+    assert crop.shape == (1000,)
+    spectrum = np.abs(np.fft.rfft(crop))
+    assert abs(np.argmax(spectrum) * 16000 / 1000 - 440) <= 16  # still a 440 Hz tone at the new rate

@@ -2,99 +2,374 @@
 
 Crop randomness is a function of (seed, epoch, position in the epoch) carried by the sampler, not
 of worker state, so the crops of a run are the same whatever the number of workers, and differ
-between epochs and between draws of the same utterance.
+between epochs and between draws of the same utterance. The same per-item generator draws the
+crop, the speed and the augmentation plan, so CPU and device augmentation see identical draws.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from voxfast.audio.io import read_audio, read_random_crop
-from voxfast.data.manifest import Utterance
+from voxfast.audio.augment import AugmentSpec, NoiseBank, Plan, augment_numpy, draw_plan, stack_plans
+from voxfast.audio.io import read_audio, read_random_crop, resample
+from voxfast.audio.store import PackedStore
 from voxfast.errors import AudioLoadError, VoxfastError
 
 log = logging.getLogger(__name__)
 
+SPEEDS = (1.0, 0.9, 1.1)  # speed index k relabels speaker s as s + k * n_speakers
+INT16_SCALE = 1.0 / 32768.0
 
-class TrainCrops(Dataset):
-    """Random fixed-length crops with speaker labels; unreadable files are skipped and counted.
 
-    Items are keyed by (index, draw_seed) pairs from :class:`EpochSampler`. A failed read returns None
-    (dropped by :func:`collate_crops`); `max_consecutive_failures` failures in a row in one worker mean
-    the data itself is broken, and raise.
+_MASK64 = (1 << 64) - 1
+_BIT_GENERATOR = np.random.PCG64(0)
+_GENERATOR = np.random.Generator(_BIT_GENERATOR)
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def item_rng(seed: int) -> np.random.Generator:
+    """A generator in a state derived only from `seed`, for one item's draws.
+
+    `np.random.default_rng(seed)` costs ~30 us (SeedSequence hashing), a fifth of a whole crop's work
+    here; this sets the state of one reused PCG64 from a splitmix64 hash of the seed (~6 us). Different
+    seeds start at unrelated points of PCG64's 2**128 period. The returned object is shared: use it for
+    one item, then ask again.
     """
+    state = (_splitmix64(seed) << 64) | _splitmix64(seed ^ 0x5851F42D4C957F2D)
+    _BIT_GENERATOR.state = {"bit_generator": "PCG64", "state": {"state": state, "inc": 0xDA3E39CB94B95BDB},
+                            "has_uint32": 0, "uinteger": 0}
+    return _GENERATOR
 
-    def __init__(
-        self,
-        utts: Sequence[Utterance],
-        spk_index: dict[str, int],
-        num_samples: int,
-        sample_rate: int = 16000,
-        max_consecutive_failures: int = 20,
-    ) -> None:
-        self.paths = [u.path for u in utts]
-        self.labels = np.array([spk_index[u.spk] for u in utts], dtype=np.int64)
-        self.num_samples = num_samples
+
+class CropSource(Protocol):
+    """Where crops come from: audio files (partial reads) or a packed store (slices)."""
+
+    def __len__(self) -> int: ...
+
+    def random_crop(self, index: int, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+        """float32 crop."""
+        ...
+
+    def random_crop_int16(self, index: int, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+        """The same draw as int16 samples (a view where possible)."""
+        ...
+
+
+class FileSource:
+    """Crops read straight from audio files with soundfile partial reads."""
+
+    def __init__(self, paths: Sequence[str], sample_rate: int, resample_mismatch: bool = False) -> None:
+        self.paths = list(paths)
         self.sample_rate = sample_rate
-        self.max_consecutive_failures = max_consecutive_failures
-        self._consecutive = 0
+        self.resample_mismatch = resample_mismatch
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray, int] | None:
-        index, draw_seed = key
-        try:
-            rng = np.random.default_rng(draw_seed)
-            wave = read_random_crop(self.paths[index], self.num_samples, rng, self.sample_rate)
-        except AudioLoadError as exc:
-            self._consecutive += 1
-            log.warning("skipping unreadable file (%d in a row): %s", self._consecutive, exc)
-            if self._consecutive >= self.max_consecutive_failures:
-                raise VoxfastError(
-                    f"{self._consecutive} audio files in a row failed to load, last: {exc} "
-                    "(check the list's paths and root; raise data.max_consecutive_failures to tolerate more)"
-                ) from exc
-            return None
+    def random_crop(self, index: int, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+        return read_random_crop(self.paths[index], num_samples, rng, self.sample_rate, self.resample_mismatch)
+
+    def random_crop_int16(self, index: int, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+        return read_random_crop(self.paths[index], num_samples, rng, self.sample_rate, self.resample_mismatch,
+                                dtype="int16")
+
+
+class StoreSource:
+    """Crops sliced from a packed store: no decoding, and no conversion at all for int16 transport."""
+
+    def __init__(self, store: PackedStore) -> None:
+        self.store = store
+        self.speakers = store.speakers
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def random_crop(self, index: int, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+        return self.store.random_crop(index, num_samples, rng)
+
+    def random_crop_int16(self, index: int, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+        if self.store.dtype != "int16":
+            raise ValueError(f"store {self.store.path} holds {self.store.dtype}, not int16")  # set up by the caller
+        return self.store.random_crop_raw(index, num_samples, rng)
+
+
+class BatchRing:
+    """Batch slots in shared memory that loader workers fill in place.
+
+    A DataLoader normally pickles every batch into a fresh shared-memory segment: two copies and page
+    faults for each 8 MB batch, which caps one worker at ~6,000 crops/s here however cheap the crop is.
+    Workers instead write crops straight into a slot of this pre-faulted ring and send back only the slot
+    number. Batch j uses slot j % slots; the DataLoader has at most workers * prefetch batches in flight
+    beyond the one it returned, so `slots` = workers * prefetch + (batches the consumer keeps, e.g. the
+    accumulated micro-batches) + 2 guarantees a slot is rewritten only after its batch was used.
+    """
+
+    def __init__(self, slots: int, batch: int, num_samples: int, dtype: torch.dtype) -> None:
+        self.buffer = torch.zeros((slots, batch, num_samples), dtype=dtype).share_memory_()
+        self._view: np.ndarray | None = None
+
+    @staticmethod
+    def slots_for(workers: int, prefetch: int, kept: int) -> int:
+        return max(workers, 1) * prefetch + kept + 2
+
+    @property
+    def slots(self) -> int:
+        return self.buffer.shape[0]
+
+    def write(self, slot: int, row: int, crop: np.ndarray) -> None:
+        if self._view is None:
+            self._view = self.buffer.numpy()
+        self._view[slot, row] = crop
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"buffer": self.buffer, "_view": None}  # the tensor travels as a shared-memory handle
+
+
+class RingBatches(Sampler):
+    """Tags each item of a batch sampler with its ring slot and row: (index, seed, slot, row)."""
+
+    def __init__(self, batches: Sampler, slots: int) -> None:
+        self.batches = batches
+        self.slots = slots
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int, int]]]:
+        for j, batch in enumerate(self.batches):
+            yield [(index, seed, j % self.slots, row) for row, (index, seed) in enumerate(batch)]
+
+
+class TrainCrops(Dataset):
+    """Random fixed-length crops with speaker labels, optional speed perturbation and CPU augmentation.
+
+    Items are keyed by (index, crop seed, ring slot, row) from :class:`RingBatches`; the crop is written
+    into the :class:`BatchRing` and the item returns its label (and, for device augmentation, its plan).
+    Crops travel as int16 when nothing on the CPU needs floats (no CPU augmentation, no speed
+    perturbation): half the bytes, converted once on the model's device. A failed read yields label -1
+    (dropped and counted by :func:`collate_crops`); `max_consecutive_failures` failures in a row in one
+    worker mean the data itself is broken, and raise.
+    """
+
+    def __init__(
+        self,
+        source: CropSource,
+        labels: Sequence[int],
+        num_samples: int,
+        ring: BatchRing,
+        augment: tuple[AugmentSpec, NoiseBank] | None = None,
+        augment_on_device: bool = False,
+        speed_perturb: bool = False,
+        max_consecutive_failures: int = 20,
+    ) -> None:
+        self.source = source
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.n_speakers = int(self.labels.max()) + 1 if len(self.labels) else 0
+        self.num_samples = num_samples
+        self.ring = ring
+        self.augment = augment
+        self.augment_on_device = augment_on_device
+        self.speed_perturb = speed_perturb
+        self.max_consecutive_failures = max_consecutive_failures
         self._consecutive = 0
-        return wave, int(self.labels[index])
+        self.int16 = ring.buffer.dtype == torch.int16
+        if self.int16 and (speed_perturb or (augment is not None and not augment_on_device)):
+            raise ValueError("int16 transport needs floats nowhere on the CPU")  # crop_dtype() decides this
+
+    @staticmethod
+    def crop_dtype(source: CropSource, augment_on_cpu: bool, speed_perturb: bool) -> torch.dtype:
+        """int16 when the crop needs no float maths on the CPU and the source holds 16-bit audio."""
+        floats_on_cpu = augment_on_cpu or speed_perturb
+        int16_source = not isinstance(source, StoreSource) or source.store.dtype == "int16"
+        return torch.int16 if int16_source and not floats_on_cpu else torch.float32
+
+    @property
+    def n_classes(self) -> int:
+        return self.n_speakers * (len(SPEEDS) if self.speed_perturb else 1)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: tuple[int, int, int, int]) -> tuple[int, int, Plan | None]:
+        index, draw_seed, slot, row = key
+        rng = item_rng(draw_seed)
+        try:
+            wave, label = self._crop(index, rng)
+        except AudioLoadError as exc:
+            self._failed(exc)
+            return slot, -1, None
+        self._consecutive = 0
+        plan = None
+        if self.augment is not None:
+            spec, bank = self.augment
+            plan = draw_plan(rng, spec, bank, self.num_samples)
+            if not self.augment_on_device:
+                wave, plan = augment_numpy(wave, plan, bank), None
+        self.ring.write(slot, row, wave)
+        return slot, label, plan
+
+    def _crop(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        label = int(self.labels[index])
+        if self.int16:
+            return self.source.random_crop_int16(index, self.num_samples, rng), label
+        if not self.speed_perturb:
+            return self.source.random_crop(index, self.num_samples, rng), label
+        k = int(rng.integers(len(SPEEDS)))
+        if k == 0:
+            return self.source.random_crop(index, self.num_samples, rng), label
+        # Speed s plays s times faster: read s * n samples, resample them to n (pitch and tempo change).
+        need = int(np.ceil(self.num_samples * SPEEDS[k])) + 1
+        raw = self.source.random_crop(index, need, rng)
+        fast = resample(raw, round(SPEEDS[k] * 10), 10)
+        return fast[: self.num_samples], label + k * self.n_speakers
+
+    def _failed(self, exc: AudioLoadError) -> None:
+        self._consecutive += 1
+        log.warning("skipping unreadable file (%d in a row): %s", self._consecutive, exc)
+        if self._consecutive >= self.max_consecutive_failures:
+            raise VoxfastError(
+                f"{self._consecutive} audio files in a row failed to load, last: {exc} "
+                "(check the list's paths and root; raise data.max_consecutive_failures to tolerate more)"
+            ) from exc
+
+    def batch_wave(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The batch's crops: a view of its ring slot (rows of failed reads removed). int16 or float32."""
+        crops = self.ring.buffer[batch["slot"], : batch["size"]]
+        return crops[batch["rows"]] if batch["failed"] else crops
 
 
-def collate_crops(items: list[tuple[np.ndarray, int] | None]) -> dict[str, Any]:
-    """Stack crops into a (B, samples) float32 batch; skipped items are dropped and counted."""
-    good = [it for it in items if it is not None]
-    if not good:
-        return {"wave": torch.empty(0), "label": torch.empty(0, dtype=torch.long), "failed": len(items)}
-    wave = torch.from_numpy(np.stack([w for w, _ in good]))
-    label = torch.tensor([lab for _, lab in good], dtype=torch.long)
-    return {"wave": wave, "label": label, "failed": len(items) - len(good)}
+def to_float_wave(wave: torch.Tensor) -> torch.Tensor:
+    """int16 transport back to float32 in [-1, 1); run it on the model's device, after the copy."""
+    return wave.float() * INT16_SCALE if wave.dtype == torch.int16 else wave
 
 
-class EpochSampler(Sampler):
-    """A fresh permutation every epoch, each position paired with its own crop seed."""
+def collate_crops(items: list[tuple[int, int, Plan | None]]) -> dict[str, Any]:
+    """Labels (numpy) and ring slot of one batch; skipped items are dropped and counted.
 
-    def __init__(self, n: int, seed: int) -> None:
-        self.n = n
-        self.seed = seed
+    Device-placement plans are stacked into `batch["aug"]` tensors for the batched augmentation.
+    """
+    labels = np.array([label for _, label, _ in items], dtype=np.int64)
+    good = np.flatnonzero(labels >= 0)
+    # numpy, not tensors: small arrays cross from a worker inline, each tensor costs a shared-memory segment.
+    batch: dict[str, Any] = {
+        "slot": items[0][0], "size": len(items), "failed": len(items) - len(good), "rows": good,
+        "label": labels[good],
+    }
+    plans = [items[i][2] for i in good]
+    if plans and plans[0] is not None:
+        batch["aug"] = stack_plans(plans)
+    return batch
+
+
+class SpeakerBatchSampler(Sampler):
+    """Batches in which no speaker appears twice, with `n_per_speaker` crops of each speaker side by side.
+
+    Per epoch: each speaker's utterances are shuffled, capped at `max_seg_per_spk`, and cut into groups of
+    `n_per_speaker`; groups are shuffled and packed into batches, a group whose speaker is already in the
+    batch waiting for the next one (voxceleb_trainer drops such groups instead). With several processes,
+    rank r takes every world-th batch, and every rank gets the same number of batches.
+    Each yielded item is (utterance index, crop seed).
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[int],
+        batch_size: int,
+        n_per_speaker: int = 1,
+        max_seg_per_spk: int = 0,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        if batch_size % n_per_speaker:
+            raise ValueError(f"batch_size {batch_size} is not a multiple of n_per_speaker {n_per_speaker}")
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.batch_size, self.n_per_speaker = batch_size, n_per_speaker
+        self.max_seg_per_spk = max_seg_per_spk
+        self.seed, self.rank, self.world = seed, rank, world
         self.epoch = 0
+        self._cache: tuple[int, list[list[tuple[int, int]]]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        return len(self._batches())
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter(self._batches())
+
+    def _batches(self) -> list[list[tuple[int, int]]]:
+        if self._cache is None or self._cache[0] != self.epoch:
+            every = _pack_batches(self._groups(), self.batch_size // self.n_per_speaker)
+            per_rank = len(every) // self.world
+            mine = every[self.rank :: self.world][:per_rank]
+            rng = np.random.default_rng([self.seed, self.epoch, 1])
+            seeds = rng.integers(0, 2**62, size=(len(every), self.batch_size))[self.rank :: self.world]
+            batches = [list(zip(b, s.tolist(), strict=True)) for b, s in zip(mine, seeds, strict=False)]
+            self._cache = (self.epoch, batches)
+        return self._cache[1]
+
+    def _groups(self) -> list[tuple[int, list[int]]]:
+        """(speaker, utterance indices) groups of one epoch, in random order."""
         rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(self.n)
-        draw_seeds = rng.integers(0, 2**62, size=self.n)
-        return iter(zip(order.tolist(), draw_seeds.tolist(), strict=True))
+        order = np.argsort(self.labels, kind="stable")
+        bounds = np.flatnonzero(np.diff(self.labels[order])) + 1
+        groups: list[tuple[int, list[int]]] = []
+        for members in np.split(order, bounds):
+            members = rng.permutation(members)
+            if self.max_seg_per_spk > 0:
+                members = members[: self.max_seg_per_spk]
+            usable = len(members) - len(members) % self.n_per_speaker
+            speaker = int(self.labels[members[0]]) if len(members) else -1
+            groups += [(speaker, g) for g in members[:usable].reshape(-1, self.n_per_speaker).tolist()]
+        return [groups[i] for i in rng.permutation(len(groups))]
+
+
+def _pack_batches(groups: list[tuple[int, list[int]]], slots: int) -> list[list[int]]:
+    """Fill batches of `slots` groups, deferring a group whose speaker the batch already holds.
+
+    Deferred groups wait per speaker and go first into the next batch that lacks their speaker, so
+    nothing is dropped except the remainder that cannot fill a last batch.
+    """
+    batches: list[list[int]] = []
+    waiting: dict[int, list[list[int]]] = {}
+    current: dict[int, list[int]] = {}
+    pending = iter(groups)
+    while True:
+        spk = next((k for k in waiting if k not in current), None)
+        if spk is not None:
+            group = waiting[spk].pop()
+            if not waiting[spk]:
+                del waiting[spk]
+        else:
+            item = next(pending, None)
+            if item is None:
+                break
+            spk, group = item
+            if spk in current:
+                waiting.setdefault(spk, []).append(group)
+                continue
+        current[spk] = group
+        if len(current) == slots:
+            batches.append([i for g in current.values() for i in g])
+            current = {}
+    return batches
 
 
 class FullUtterances(Dataset):

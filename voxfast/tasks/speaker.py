@@ -12,10 +12,22 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from voxfast.audio.augment import AugmentSpec, DeviceBank, NoiseBank, augment_batch
 from voxfast.audio.features import crop_samples
+from voxfast.audio.store import PackedStore
 from voxfast.config import Config, config_to_dict, load_config_dict
-from voxfast.data.manifest import read_trials, read_utterances, speaker_index, write_scores
-from voxfast.data.speaker import EpochSampler, TrainCrops, collate_crops
+from voxfast.data.manifest import read_trials, read_utterances, write_scores
+from voxfast.data.speaker import (
+    BatchRing,
+    CropSource,
+    FileSource,
+    RingBatches,
+    SpeakerBatchSampler,
+    StoreSource,
+    TrainCrops,
+    collate_crops,
+    to_float_wave,
+)
 from voxfast.errors import VoxfastError
 from voxfast.eval.embeddings import extract_embeddings
 from voxfast.eval.metrics import verification_metrics
@@ -48,36 +60,39 @@ def build_embedder(cfg: Config) -> nn.Module:
 class SpeakerTask:
     """Trains on a VoxCeleb-style list with random crops; validates by EER on a trial list."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, rank: int = 0, world: int = 1) -> None:
         self.cfg = cfg
-        utts = read_utterances(cfg.data.train_list, cfg.data.train_root)
-        self.speakers = speaker_index(utts)
+        source, speaker_names, origin = _training_source(cfg)
+        self.speakers = {name: i for i, name in enumerate(sorted(set(speaker_names)))}
         if len(self.speakers) < 2:
-            raise VoxfastError(f"{cfg.data.train_list}: {len(self.speakers)} speaker(s); training needs at least 2")
-        self.dataset = TrainCrops(utts, self.speakers, crop_samples(cfg.data.num_frames), cfg.data.sample_rate,
-                                  cfg.data.max_consecutive_failures)
-        self.sampler = EpochSampler(len(utts), cfg.train.seed)
-        workers = cfg.data.num_workers
-        self.loader = DataLoader(
-            self.dataset, batch_size=cfg.train.micro_batch, sampler=self.sampler, collate_fn=collate_crops,
-            num_workers=workers, drop_last=True, persistent_workers=workers > 0,
-            pin_memory=cfg.data.pin_memory and torch.cuda.is_available(),
-            prefetch_factor=cfg.data.prefetch_factor if workers > 0 else None,
+            raise VoxfastError(f"{origin}: {len(self.speakers)} speaker(s); training needs at least 2")
+        labels = [self.speakers[s] for s in speaker_names]
+        self.augment = _augmentation(cfg)
+        on_device = cfg.augment.placement == "device"
+        ring = _ring(cfg, source, self.augment is not None and not on_device, world)
+        self.dataset = TrainCrops(
+            source, labels, crop_samples(cfg.data.num_frames), ring, self.augment, augment_on_device=on_device,
+            speed_perturb=cfg.augment.speed_perturb, max_consecutive_failures=cfg.data.max_consecutive_failures,
         )
+        batches = SpeakerBatchSampler(labels, cfg.train.micro_batch, cfg.data.n_per_speaker,
+                                      cfg.data.max_seg_per_spk, cfg.train.seed, rank, world)
+        self.sampler = RingBatches(batches, ring.slots)
+        self.loader = _loader(self.dataset, self.sampler, cfg)
         if len(self.loader) == 0:
             raise VoxfastError(
-                f"{cfg.data.train_list}: {len(utts)} utterances is less than one batch of {cfg.train.micro_batch} "
-                "(lower train.micro_batch or add data)"
+                f"{origin}: {len(labels)} utterances of {len(self.speakers)} speakers do not fill one batch of "
+                f"{cfg.train.micro_batch} distinct speakers (lower train.micro_batch or add data)"
             )
-        log.info("%d utterances of %d speakers from %s", len(utts), len(self.speakers), cfg.data.train_list)
+        self._device_bank: DeviceBank | None = None
+        log.info("%d utterances of %d speakers from %s", len(labels), len(self.speakers), origin)
 
     def checkpoint_extra(self) -> dict[str, Any]:
         """What a checkpoint needs beyond weights to rebuild the embedder without the training data."""
         return {"config": config_to_dict(self.cfg), "speakers": sorted(self.speakers, key=self.speakers.get)}
 
     def build_model(self) -> nn.Module:
-        head = create_head(self.cfg.head.name, self.cfg.model.embed_dim, len(self.speakers), self.cfg.head.margin,
-                           self.cfg.head.scale)
+        head = create_head(self.cfg.head.name, self.cfg.model.embed_dim, self.dataset.n_classes,
+                           self.cfg.head.margin, self.cfg.head.scale)
         return SpeakerTrainModel(build_embedder(self.cfg), head)
 
     def train_batches(self, epoch: int) -> DataLoader:
@@ -85,14 +100,62 @@ class SpeakerTask:
         return self.loader
 
     def training_step(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
-        wave = batch["wave"].to(device, non_blocking=True)
-        label = batch["label"].to(device, non_blocking=True)
+        wave = to_float_wave(self.dataset.batch_wave(batch).to(device, non_blocking=True))
+        label = torch.from_numpy(batch["label"]).to(device, non_blocking=True)
+        if "aug" in batch:
+            wave = self._augment_on_device(wave, batch["aug"], device)
         loss, logits = model(wave, label)
         return {"loss": loss, "output": logits, "n": len(label)}
+
+    def _augment_on_device(self, wave: torch.Tensor, plans: dict[str, np.ndarray], device: torch.device
+                           ) -> torch.Tensor:
+        assert self.augment is not None  # plans exist only when augmentation is configured
+        if self._device_bank is None:
+            self._device_bank = DeviceBank(self.augment[1], device)
+        with torch.autocast(device_type=device.type, enabled=False):
+            return augment_batch(wave.float(), plans, self._device_bank)
 
     def evaluate(self, model: nn.Module, device: torch.device, out_dir: Path) -> dict[str, float]:
         embedder = model.embedder if isinstance(model, SpeakerTrainModel) else model
         return score_trials(embedder, self.cfg, device, out_dir)
+
+
+def _training_source(cfg: Config) -> tuple[CropSource, list[str], str]:
+    """The crop source, each utterance's speaker name, and where they came from (for messages)."""
+    if cfg.data.store:
+        store = PackedStore(cfg.data.store)
+        if store.sample_rate != cfg.data.sample_rate:
+            raise VoxfastError(f"{cfg.data.store}: packed at {store.sample_rate} Hz but data.sample_rate is "
+                               f"{cfg.data.sample_rate} (repack, or set data.sample_rate)")
+        return StoreSource(store), list(store.speakers), cfg.data.store
+    utts = read_utterances(cfg.data.train_list, cfg.data.train_root)
+    source = FileSource([u.path for u in utts], cfg.data.sample_rate, cfg.data.resample)
+    return source, [u.spk for u in utts], cfg.data.train_list
+
+
+def _ring(cfg: Config, source: CropSource, augment_on_cpu: bool, world: int) -> BatchRing:
+    """Shared batch slots: enough for the batches in flight plus the micro-batches one step accumulates."""
+    dtype = TrainCrops.crop_dtype(source, augment_on_cpu, cfg.augment.speed_perturb)
+    kept = max(cfg.train.global_batch // (cfg.train.micro_batch * world), 1)
+    slots = BatchRing.slots_for(cfg.data.num_workers, cfg.data.prefetch_factor, kept)
+    return BatchRing(slots, cfg.train.micro_batch, crop_samples(cfg.data.num_frames), dtype)
+
+
+def _augmentation(cfg: Config) -> tuple[AugmentSpec, NoiseBank] | None:
+    if not cfg.augment.enabled:
+        return None
+    bank = NoiseBank.from_dirs(cfg.augment.noise_dir, cfg.augment.rir_dir, cfg.data.sample_rate, mix=cfg.augment.mix)
+    return AugmentSpec.from_config(cfg.augment), bank
+
+
+def _loader(dataset: TrainCrops, sampler: RingBatches, cfg: Config) -> DataLoader:
+    workers = cfg.data.num_workers
+    return DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate_crops, num_workers=workers,
+        persistent_workers=cfg.data.persistent_workers and workers > 0,
+        pin_memory=cfg.data.pin_memory and torch.cuda.is_available(),
+        prefetch_factor=cfg.data.prefetch_factor if workers > 0 else None,
+    )
 
 
 def score_trials(embedder: nn.Module, cfg: Config, device: torch.device, out_dir: Path | None) -> dict[str, Any]:

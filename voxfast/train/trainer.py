@@ -104,6 +104,7 @@ class Trainer:
         self.model.train()
         batches = self.task.train_batches(self.epoch)
         window, epoch_samples, micro = _Window(self.device), 0, []
+        started, skipped_before = time.perf_counter(), self.skipped_files
         bar = progress_bar(len(batches) // self.accum, f"epoch {self.epoch + 1}/{self.cfg.epochs}")
         it = iter(batches)
         while True:
@@ -127,6 +128,10 @@ class Trainer:
                 self._log(window, total)
                 window = _Window(self.device)
         bar.close()
+        seconds = time.perf_counter() - started
+        log.info("epoch %d/%d: %d samples in %.0f s (%.1f samples/s), %d unreadable files skipped", self.epoch + 1,
+                 self.cfg.epochs, epoch_samples, seconds, epoch_samples / max(seconds, 1e-9),
+                 self.skipped_files - skipped_before)
         return epoch_samples
 
     def train_step(self, micro_batches: list[dict[str, Any]]) -> tuple[torch.Tensor, int]:
