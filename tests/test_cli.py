@@ -80,3 +80,42 @@ def test_eval_command_on_a_score_file(tmp_path, capsys):
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["n_target"] == 2 and metrics["n_nontarget"] == 2
     assert 0.0 < metrics["eer"] < 100.0
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    spec = CorpusSpec(seed=4, train_speakers=3, test_speakers=2, train_utts=3, test_utts=2, min_seconds=1.0,
+                      max_seconds=1.5, noise_files=2, rirs=2, workers=1)
+    make_corpus(root, spec)
+    return root
+
+
+def test_pack_lists_bad_files_and_exits_nonzero_unless_skip_bad(small_corpus, tmp_path, capsys):
+    lines = (small_corpus / "train_list.txt").read_text().splitlines()
+    (tmp_path / "bad.wav").write_bytes(b"garbage")
+    lst = tmp_path / "list.txt"
+    lst.write_text("\n".join([*lines, f"spkx {tmp_path / 'bad.wav'}", f"spkx {tmp_path / 'gone.wav'}"]) + "\n")
+    args = ["pack", str(lst), str(tmp_path / "store"), "--root", str(small_corpus), "--workers", "0"]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert f"packed {len(lines)} utterances" in out and "2 file(s) could not be packed" in out
+    assert "bad.wav" in out and "gone.wav" in out
+    assert main([*args, "--skip-bad"]) == 0  # the complete store is reused; the bad files are listed again
+    assert "2 file(s) could not be packed" in capsys.readouterr().out
+
+
+def test_pack_a_folder_of_rirs_as_float32(small_corpus, tmp_path, capsys):
+    assert main(["pack", str(small_corpus / "rirs"), str(tmp_path / "rirs"), "--dtype", "float32"]) == 0
+    assert "packed 2 utterances" in capsys.readouterr().out
+
+
+def test_bench_loader_reports_every_configuration_with_speedups(small_corpus, capsys):
+    args = ["bench-loader", "--list", str(small_corpus / "train_list.txt"), "--seconds", "0.2", "--workers", "0",
+            "--batch", "4", "--frames", "50", "--device", "cpu", "--json"]
+    assert main(args) == 0
+    results = json.loads(capsys.readouterr().out)
+    names = [r["name"] for r in results]
+    assert names[0].startswith("baseline") and any("device augmentation" in n for n in names)
+    assert len(results) == 8 and all(r["samples_per_s"] > 0 and r["speedup"] > 0 for r in results)
+    assert results[0]["speedup"] == 1.0

@@ -315,3 +315,14 @@ def test_from_dirs_rejects_a_file_of_another_sample_rate(musan):
     _write(noise_dir / "speech" / "other" / "s8k.wav", 0.2, rate=8000)
     with pytest.raises(AudioLoadError, match="8000 Hz"):
         NoiseBank.from_dirs(str(noise_dir), str(rir_dir))
+
+
+def test_rir_spectrum_cache_is_exact_and_bounded():
+    rng = np.random.default_rng(9)
+    bank = NoiseBank.from_arrays(rirs=[rng.standard_normal(300).astype(np.float32) for _ in range(4)])
+    bank.RIR_CACHE_BYTES = 2 * (fft_size(1000 + 299) // 2 + 1) * 8  # room for two spectra
+    x = rng.standard_normal(1000).astype(np.float32)
+    for i in (0, 1, 2, 3, 0):
+        plan = Plan(REVERB, rir=i)
+        np.testing.assert_allclose(augment_numpy(x, plan, bank), reverberate(x, bank.rirs[i]), rtol=0, atol=1e-6)
+    assert len(bank._rir_spectra) == 2 and bank._rir_cache_bytes <= bank.RIR_CACHE_BYTES

@@ -87,7 +87,8 @@ class VoxcelebTrainerCrops(Dataset):
     def _additive(self, category: str, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         count, (lo, hi) = _RECIPE[category]
         clean_db = 10 * np.log10(np.mean(audio**2) + 1e-4)
-        files = rng.choice(self.noises[category], size=int(rng.integers(count[0], count[1] + 1)), replace=False)
+        n = int(rng.integers(count[0], count[1] + 1))
+        files = rng.choice(self.noises[category], size=n, replace=n > len(self.noises[category]))
         noises = []
         for path in files:
             noise = self._load(str(path), rng)[None]

@@ -1,0 +1,89 @@
+"""The speaker task over every data path: files or packed store, CPU or device augmentation, bad files."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from voxfast.audio.store import pack_store
+from voxfast.config import load_config
+from voxfast.data.manifest import read_voxceleb_list
+from voxfast.data.synthetic import CorpusSpec, make_corpus
+from voxfast.tasks.speaker import SpeakerTask
+from voxfast.train.trainer import Trainer
+
+SPEC = CorpusSpec(seed=2, train_speakers=4, test_speakers=2, train_utts=4, test_utts=2, min_seconds=1.0,
+                  max_seconds=1.5, noise_files=2, rirs=2, workers=1)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("task")
+    make_corpus(root, SPEC)
+    pack_store(read_voxceleb_list(root / "train_list.txt"), root / "store", workers=0, progress=False)
+    return root
+
+
+def _cfg(root, tmp_path, *extra):
+    return load_config(None, [
+        f"data.train_list={root}/train_list.txt", f"eval.trials={root}/trials.txt", f"train.out_dir={tmp_path}/run",
+        "data.num_frames=30", "data.num_workers=0", "train.epochs=1", "train.micro_batch=4", "train.global_batch=4",
+        "model.embed_dim=16", "train.log_every=1", *extra,
+    ])
+
+
+def _first_batch(task):
+    return next(iter(task.train_batches(0)))
+
+
+def test_store_with_device_augmentation_sends_int16_and_plans(corpus, tmp_path):
+    cfg = _cfg(corpus, tmp_path, f"data.store={corpus}/store", "augment.enabled=true", "augment.placement=device",
+               f"augment.noise_dir={corpus}", f"augment.rir_dir={corpus}/rirs", "augment.mix=0,1,1,1,1")
+    task = SpeakerTask(cfg)
+    batch = _first_batch(task)
+    assert task.dataset.batch_wave(batch).dtype == torch.int16  # workers only slice
+    assert set(batch["aug"]) >= {"kind", "snr"} and (batch["aug"]["kind"] > 0).all()
+    clean = task.dataset.batch_wave(batch).float() / 32768
+    model = task.build_model()
+    out = task.training_step(model, batch, torch.device("cpu"))
+    assert out["n"] == 4 and torch.isfinite(out["loss"])
+    augmented = task._augment_on_device(clean, batch["aug"], torch.device("cpu"))
+    assert not torch.allclose(augmented, clean)  # every crop got reverb or noise
+    summary = Trainer(task, cfg.train, tmp_path / "run", task.checkpoint_extra()).fit()
+    assert summary["steps"] == 4 and summary["skipped_files"] == 0
+
+
+def test_cpu_augmentation_with_speed_perturbation(corpus, tmp_path):
+    cfg = _cfg(corpus, tmp_path, "augment.enabled=true", "augment.speed_perturb=true", f"augment.noise_dir={corpus}",
+               f"augment.rir_dir={corpus}/rirs")
+    task = SpeakerTask(cfg)
+    assert task.dataset.n_classes == 3 * SPEC.train_speakers
+    assert task.build_model().head.weight.shape[0] == 3 * SPEC.train_speakers
+    batch = _first_batch(task)
+    assert task.dataset.batch_wave(batch).dtype == torch.float32 and "aug" not in batch
+    assert Trainer(task, cfg.train, tmp_path / "run", task.checkpoint_extra()).fit()["steps"] == 4
+
+
+def test_bad_files_are_skipped_and_counted_in_the_epoch_summary(corpus, tmp_path, caplog):
+    lines = (corpus / "train_list.txt").read_text().splitlines()
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF not really")
+    lst = tmp_path / "list.txt"
+    lst.write_text("\n".join([*lines, f"{lines[0].split()[0]} {broken}"]) + "\n")
+    cfg = _cfg(corpus, tmp_path, f"data.train_list={lst}", f"data.train_root={corpus}", "train.epochs=3")
+    task = SpeakerTask(cfg)
+    with caplog.at_level(logging.INFO):
+        summary = Trainer(task, cfg.train, tmp_path / "run", task.checkpoint_extra()).fit()
+    assert summary["skipped_files"] >= 1
+    epochs = [r.getMessage() for r in caplog.records if "unreadable files skipped" in r.getMessage()]
+    assert len(epochs) == 3
+    assert sum(int(m.split(", ")[-1].split()[0]) for m in epochs) == summary["skipped_files"]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in records)
+
+
+def test_a_batch_smaller_than_the_speakers_is_rejected(corpus, tmp_path):
+    with pytest.raises(Exception, match="do not fill one batch"):
+        SpeakerTask(_cfg(corpus, tmp_path, "train.micro_batch=8", "train.global_batch=8"))
