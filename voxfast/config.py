@@ -31,7 +31,7 @@ class DataConfig:
     n_per_speaker: int = 1  # crops of one speaker next to each other in a batch; a speaker never fills two slots
     max_seg_per_spk: int = 0  # cap on utterances per speaker per epoch (0 = all)
     num_workers: int = 2  # DataLoader worker processes (0 = load in the main process)
-    pin_memory: bool = True  # page-locked host batches for async copies; only used with CUDA
+    pin_memory: bool = True  # copy each batch to page-locked memory for an async upload; only used with CUDA
     persistent_workers: bool = True  # keep workers (and their open files and memmaps) across epochs
     prefetch_factor: int = 4  # batches each worker keeps ready
     max_consecutive_failures: int = 20  # unreadable files in a row before the run stops

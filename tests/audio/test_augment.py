@@ -326,3 +326,27 @@ def test_rir_spectrum_cache_is_exact_and_bounded():
         plan = Plan(REVERB, rir=i)
         np.testing.assert_allclose(augment_numpy(x, plan, bank), reverberate(x, bank.rirs[i]), rtol=0, atol=1e-6)
     assert len(bank._rir_spectra) == 2 and bank._rir_cache_bytes <= bank.RIR_CACHE_BYTES
+
+
+def test_bank_from_packed_stores_equals_bank_from_folders(tmp_path):
+    from voxfast.audio.store import pack_store
+    from voxfast.data.manifest import Utterance
+
+    rng = np.random.default_rng(4)
+    for sub in ("noise/a", "noise/b", "speech", "music"):
+        (tmp_path / "musan" / sub).mkdir(parents=True)
+        sf.write(tmp_path / "musan" / sub / "x.wav", rng.uniform(-0.5, 0.5, 900).astype(np.float32), 16000,
+                 subtype="PCM_16")
+    (tmp_path / "rirs").mkdir()
+    sf.write(tmp_path / "rirs" / "r.wav", rng.uniform(-0.5, 0.5, 200).astype(np.float32), 16000, subtype="FLOAT")
+    for name, dtype in (("musan", "int16"), ("rirs", "float32")):
+        files = sorted((tmp_path / name).rglob("*.wav"))
+        utts = [Utterance(str(p.relative_to(tmp_path / name)), "x", str(p)) for p in files]
+        pack_store(utts, tmp_path / f"{name}.store", workers=0, dtype=dtype, progress=False)
+    folders = NoiseBank.from_dirs(str(tmp_path / "musan"), str(tmp_path / "rirs"))
+    stores = NoiseBank.from_dirs(str(tmp_path / "musan.store"), str(tmp_path / "rirs.store"))
+    for category in ("noise", "speech", "music"):
+        assert len(stores.categories[category]) == len(folders.categories[category])
+        for a, b in zip(stores.categories[category], folders.categories[category], strict=True):
+            np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(stores.rirs[0], folders.rirs[0])

@@ -1,3 +1,6 @@
+import math
+
+import pytest
 import torch
 from torch import nn
 
@@ -73,8 +76,9 @@ def test_checkpoint_per_epoch_and_resume_continues(tmp_path):
 
 
 def test_warmup_cosine_values():
-    assert warmup_cosine(0, 100, 10, 0.1) == 0.1
-    assert warmup_cosine(9, 100, 10, 0.1) == 1.0
+    assert warmup_cosine(1, 100, 10, 0.1) == 0.1
+    assert warmup_cosine(2.5, 10, 1, 0.1) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 1.5 / 9)))
     assert warmup_cosine(10, 100, 10, 0.1) == 1.0
     assert abs(warmup_cosine(55, 100, 10, 0.1) - 0.55) < 1e-12  # half-way down the cosine
     assert abs(warmup_cosine(100, 100, 10, 0.1) - 0.1) < 1e-12
+    assert warmup_cosine(120, 100, 10, 0.1) == pytest.approx(0.1)  # clamped past the end

@@ -27,6 +27,7 @@ import torch
 from scipy.linalg.blas import saxpy
 
 from voxfast.audio.io import read_audio
+from voxfast.audio.store import PackedStore, is_store
 from voxfast.errors import ConfigError, VoxfastError
 
 if TYPE_CHECKING:
@@ -213,7 +214,11 @@ def _needed_sources(mix: Sequence[float] | None, noise_dir: str | None, rir_dir:
 
 
 def _read_source(root: str | None, sub: str, needed: bool, sample_rate: int) -> list[np.ndarray]:
-    """Every .wav/.flac file under root/sub (sub "" for RIRs), sorted by path."""
+    """Every .wav/.flac file under root/sub (sub "" for RIRs), sorted by path.
+
+    `root` may also be a packed store of that folder (`voxfast pack FOLDER OUT`): its utterance ids are the
+    relative paths, so the same files come out in the same order, without decoding.
+    """
     key = "augment.rir_dir" if sub == "" else "augment.noise_dir"
     kind = "reverb" if sub == "" else {c: KINDS[k] for k, c in KIND_CATEGORY.items()}[sub]
     if root is None:
@@ -221,12 +226,26 @@ def _read_source(root: str | None, sub: str, needed: bool, sample_rate: int) -> 
             raise VoxfastError(f"{key} is not set, but {kind} augmentation has weight in augment.mix "
                                f"(set {key}, or set the {kind} weight to 0)")
         return []
-    folder = Path(root) / sub
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in _AUDIO_SUFFIXES and p.is_file())
-    if needed and not files:
-        raise VoxfastError(f"{key}: no .wav or .flac files under {folder}, needed for {kind} augmentation "
+    if is_store(root):
+        waves = _read_store(root, sub, sample_rate)
+    else:
+        folder = Path(root) / sub
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in _AUDIO_SUFFIXES and p.is_file())
+        waves = [read_audio(p, sample_rate=sample_rate) for p in files]
+    if needed and not waves:
+        raise VoxfastError(f"{key}: no .wav or .flac files under {Path(root) / sub}, needed for {kind} augmentation "
                            f"(add files there, or set the {kind} weight in augment.mix to 0)")
-    return [read_audio(p, sample_rate=sample_rate) for p in files]
+    return waves
+
+
+def _read_store(root: str, sub: str, sample_rate: int) -> list[np.ndarray]:
+    store = PackedStore(root)
+    if store.sample_rate != sample_rate:
+        raise VoxfastError(f"{root}: packed at {store.sample_rate} Hz, expected {sample_rate} Hz "
+                           "(repack with --sample-rate, or set data.sample_rate)")
+    prefix = f"{sub}/" if sub else ""
+    chosen = sorted((utt, i) for i, utt in enumerate(store.utts) if utt.startswith(prefix))
+    return [store.read(i) for _, i in chosen]
 
 
 # ----------------------------------------------------------------------------------------------- plans

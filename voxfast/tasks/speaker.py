@@ -81,7 +81,8 @@ class SpeakerTask:
         if len(self.loader) == 0:
             raise VoxfastError(
                 f"{origin}: {len(labels)} utterances of {len(self.speakers)} speakers do not fill one batch of "
-                f"{cfg.train.micro_batch} distinct speakers (lower train.micro_batch or add data)"
+                f"{cfg.train.micro_batch} crops with no speaker twice (lower train.micro_batch, raise "
+                "data.n_per_speaker, or add speakers)"
             )
         self._device_bank: DeviceBank | None = None
         log.info("%d utterances of %d speakers from %s", len(labels), len(self.speakers), origin)
@@ -100,7 +101,12 @@ class SpeakerTask:
         return self.loader
 
     def training_step(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
-        wave = to_float_wave(self.dataset.batch_wave(batch).to(device, non_blocking=True))
+        wave = self.dataset.batch_wave(batch)
+        if device.type == "cuda" and self.cfg.data.pin_memory:
+            # A pinned copy (torch's caching host allocator reuses blocks only after their copies finish)
+            # makes the upload asynchronous; a copy straight from the shared ring would sync the stream.
+            wave = wave.pin_memory()
+        wave = to_float_wave(wave.to(device, non_blocking=True))
         label = torch.from_numpy(batch["label"]).to(device, non_blocking=True)
         if "aug" in batch:
             wave = self._augment_on_device(wave, batch["aug"], device)
@@ -153,7 +159,6 @@ def _loader(dataset: TrainCrops, sampler: RingBatches, cfg: Config) -> DataLoade
     return DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate_crops, num_workers=workers,
         persistent_workers=cfg.data.persistent_workers and workers > 0,
-        pin_memory=cfg.data.pin_memory and torch.cuda.is_available(),
         prefetch_factor=cfg.data.prefetch_factor if workers > 0 else None,
     )
 

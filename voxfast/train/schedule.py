@@ -5,10 +5,15 @@ from __future__ import annotations
 import math
 
 
-def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
-    """Linear warm-up from ~0 to 1 over `warmup_steps`, then cosine decay to `min_ratio` at `total_steps`."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    span = max(total_steps - warmup_steps, 1)
-    progress = min((step - warmup_steps) / span, 1.0)
+def warmup_cosine(t: float, total: float, warmup: float, min_ratio: float) -> float:
+    """LR factor at training progress `t` (any unit, e.g. epochs completed after this step).
+
+    Linear warm-up to 1 over `warmup`, then cosine decay to `min_ratio` at `total`. Taking progress
+    rather than a step count keeps the schedule right when epochs differ in length (speaker-balanced
+    batching) and when a run resumes mid-way.
+    """
+    if warmup > 0 and t < warmup:
+        return t / warmup
+    span = max(total - warmup, 1e-12)
+    progress = min(max((t - warmup) / span, 0.0), 1.0)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))

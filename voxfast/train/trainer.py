@@ -86,24 +86,23 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train from the current epoch to `cfg.epochs`, checkpointing after every epoch."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        steps_per_epoch = max(len(self.task.train_batches(self.epoch)) // self.accum, 1)
-        total = steps_per_epoch * self.cfg.epochs
-        warmup = int(self.cfg.warmup_epochs * steps_per_epoch)
-        log.info("training on %s, precision %s, %d steps of %d samples (%d x %d accumulated)",
-                 self.device, self.precision, total, self.cfg.global_batch, self.cfg.micro_batch, self.accum)
+        log.info("training on %s, precision %s, %d epochs, steps of %d samples (%d x %d accumulated)",
+                 self.device, self.precision, self.cfg.epochs, self.cfg.global_batch, self.cfg.micro_batch, self.accum)
         start, samples = time.perf_counter(), 0
         while self.epoch < self.cfg.epochs:
-            samples += self._train_epoch(total, warmup)
+            samples += self._train_epoch()
             self.epoch += 1
             self.save(self.out_dir / "checkpoints" / f"epoch_{self.epoch:03d}.pt")
         minutes = (time.perf_counter() - start) / 60
         return {"train_minutes": minutes, "train_samples_per_s": samples / max(minutes * 60, 1e-9),
                 "steps": self.step, "skipped_files": self.skipped_files}
 
-    def _train_epoch(self, total: int, warmup: int) -> int:
+    def _train_epoch(self) -> int:
+        """One epoch; the LR follows fractional epochs, since epochs may differ in their number of batches."""
         self.model.train()
         batches = self.task.train_batches(self.epoch)
-        window, epoch_samples, micro = _Window(self.device), 0, []
+        steps = max(len(batches) // self.accum, 1)
+        window, epoch_samples, micro = _Window(self.device, self.epoch), 0, []
         started, skipped_before = time.perf_counter(), self.skipped_files
         bar = progress_bar(len(batches) // self.accum, f"epoch {self.epoch + 1}/{self.cfg.epochs}")
         it = iter(batches)
@@ -117,16 +116,17 @@ class Trainer:
             micro.append(batch)
             if len(micro) < self.accum:
                 continue
-            self._set_lr(warmup_cosine(self.step, total, warmup, self.cfg.min_lr_ratio))
+            progress = self.epoch + min(window.steps_in_epoch + 1, steps) / steps  # epochs done after this step
+            self._set_lr(warmup_cosine(progress, self.cfg.epochs, self.cfg.warmup_epochs, self.cfg.min_lr_ratio))
             loss, n = self.train_step(micro)
             micro = []
-            window.add(loss, n)
+            window.add(loss, n, progress)
             epoch_samples += n
             self.step += 1
             bar.update(1)
             if self.step % self.cfg.log_every == 0:
-                self._log(window, total)
-                window = _Window(self.device)
+                self._log(window)
+                window = _Window(self.device, progress, window.steps_in_epoch)
         bar.close()
         seconds = time.perf_counter() - started
         log.info("epoch %d/%d: %d samples in %.0f s (%.1f samples/s), %d unreadable files skipped", self.epoch + 1,
@@ -187,16 +187,16 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.lr * factor
 
-    def _log(self, window: _Window, total: int) -> None:
+    def _log(self, window: _Window) -> None:
         loss = float(window.loss) / max(window.samples, 1)  # the one host sync every log_every steps
         elapsed = max(time.perf_counter() - window.start, 1e-9)
         sps = window.samples / elapsed
-        eta = (total - self.step) * elapsed / self.cfg.log_every
+        eta = (self.cfg.epochs - window.progress) * elapsed / max(window.progress - window.start_progress, 1e-9)
         lr = self.optimizer.param_groups[0]["lr"]
         record = {"step": self.step, "epoch": self.epoch + 1, "loss": loss, "lr": lr, "samples_per_s": sps,
                   "data_wait_pct": 100.0 * window.wait / elapsed, "eta_s": eta}
-        log.info("step %d/%d loss %.3f lr %.2e %.0f samples/s data-wait %.0f%% eta %s", self.step, total, loss, lr,
-                 sps, record["data_wait_pct"], _fmt_eta(eta))
+        log.info("step %d (epoch %d/%d) loss %.3f lr %.2e %.0f samples/s data-wait %.0f%% eta %s", self.step,
+                 self.epoch + 1, self.cfg.epochs, loss, lr, sps, record["data_wait_pct"], _fmt_eta(eta))
         with open(self.metrics_file, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -204,15 +204,19 @@ class Trainer:
 class _Window:
     """Running totals between two log lines; the loss stays on the device until the line is written."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, progress: float, steps_in_epoch: int = 0) -> None:
         self.start = time.perf_counter()
+        self.start_progress = self.progress = progress  # in epochs
+        self.steps_in_epoch = steps_in_epoch
         self.wait = 0.0
         self.samples = 0
         self.loss = torch.zeros((), device=device)
 
-    def add(self, mean_loss: torch.Tensor, n: int) -> None:
+    def add(self, mean_loss: torch.Tensor, n: int, progress: float) -> None:
         self.loss += mean_loss.detach() * n
         self.samples += n
+        self.steps_in_epoch += 1
+        self.progress = progress
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
