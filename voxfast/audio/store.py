@@ -600,10 +600,8 @@ class PackedStore:
 
     def _to_float(self, samples: np.ndarray) -> np.ndarray:
         """A float32 copy; int16 is scaled by 1/32768 (exact, a power of two)."""
-        if self.dtype == "int16":
-            out = samples.astype(np.float32)
-            out *= np.float32(1.0 / _INT16_SCALE)
-            return out
+        if self.dtype == "int16":  # one pass: the ufunc converts and scales in its inner loop
+            return np.multiply(samples, np.float32(1.0 / _INT16_SCALE), dtype=np.float32)
         return np.array(samples, dtype=np.float32)
 
     def read(self, i: int) -> np.ndarray:
