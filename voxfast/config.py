@@ -55,9 +55,9 @@ class AugmentConfig:
 @dataclass
 class ModelConfig:
     name: str = "resnetse_demo"  # a name from the model registry (`voxfast models` lists them)
-    n_mels: int = 40  # mel bands of the log-mel front end
-    embed_dim: int = 256  # speaker-embedding size
-    pooling: Literal["sap", "tstp"] = "tstp"  # self-attentive pooling or temporal mean+std
+    n_mels: int | None = None  # mel / fbank bins of the front end (null: the model's published setting)
+    embed_dim: int | None = None  # speaker-embedding size (null: the model's published setting)
+    pooling: Literal["sap", "asp", "tstp", "astp"] | None = None  # temporal pooling (null: the model's own)
 
 
 @dataclass
@@ -293,8 +293,8 @@ def _check_values(cfg: Config) -> list[str]:
         "data.num_frames": cfg.data.num_frames,
         "data.n_per_speaker": cfg.data.n_per_speaker,
         "data.max_consecutive_failures": cfg.data.max_consecutive_failures,
-        "model.n_mels": cfg.model.n_mels,
-        "model.embed_dim": cfg.model.embed_dim,
+        "model.n_mels": cfg.model.n_mels or 1,
+        "model.embed_dim": cfg.model.embed_dim or 1,
         "train.epochs": cfg.train.epochs,
         "train.global_batch": cfg.train.global_batch,
         "train.micro_batch": cfg.train.micro_batch,

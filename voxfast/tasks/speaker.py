@@ -53,8 +53,9 @@ class SpeakerTrainModel(nn.Module):
 
 
 def build_embedder(cfg: Config) -> nn.Module:
-    return create_model(cfg.model.name, n_mels=cfg.model.n_mels, embed_dim=cfg.model.embed_dim,
-                        pooling=cfg.model.pooling)
+    """The registered model; config fields left null keep the variant's published defaults."""
+    chosen = {"n_mels": cfg.model.n_mels, "embed_dim": cfg.model.embed_dim, "pooling": cfg.model.pooling}
+    return create_model(cfg.model.name, **{k: v for k, v in chosen.items() if v is not None})
 
 
 class SpeakerTask:
@@ -92,9 +93,10 @@ class SpeakerTask:
         return {"config": config_to_dict(self.cfg), "speakers": sorted(self.speakers, key=self.speakers.get)}
 
     def build_model(self) -> nn.Module:
-        head = create_head(self.cfg.head.name, self.cfg.model.embed_dim, self.dataset.n_classes,
-                           self.cfg.head.margin, self.cfg.head.scale)
-        return SpeakerTrainModel(build_embedder(self.cfg), head)
+        embedder = build_embedder(self.cfg)
+        head = create_head(self.cfg.head.name, embedder.embed_dim, self.dataset.n_classes, self.cfg.head.margin,
+                           self.cfg.head.scale)
+        return SpeakerTrainModel(embedder, head)
 
     def train_batches(self, epoch: int) -> DataLoader:
         self.sampler.set_epoch(epoch)
