@@ -57,3 +57,39 @@ class LogMel(nn.Module):
         with torch.autocast(device_type=device_type, enabled=False):
             x = self.mel(self.pre(wave.float())) + 1e-6
             return self.norm(x.log())
+
+
+class KaldiFbank(nn.Module):
+    """Kaldi log mel filterbank (as `torchaudio.compliance.kaldi.fbank`), batched, then per-utterance CMN.
+
+    torchaudio's Kaldi fbank takes one utterance at a time on the CPU; WeSpeaker and 3D-Speaker run it in
+    their loader workers. This computes the same features for a whole (B, T) batch on the model's device:
+    25 ms frames every 10 ms without padding (snip_edges), DC removal, pre-emphasis 0.97 inside each frame,
+    Povey (or Hamming) window, 512-point power spectrum, Kaldi mel banks from 20 Hz, log, then the mean
+    over time is subtracted per bin (WeSpeaker's CMN). Input is scaled to the int16 range like Kaldi's.
+    """
+
+    def __init__(self, n_mels: int = 80, sample_rate: int = SAMPLE_RATE, window: str = "povey") -> None:
+        super().__init__()
+        if window not in ("povey", "hamming"):
+            raise ValueError(f"unknown fbank window {window!r}; available: povey, hamming")
+        self.n_mels = n_mels
+        banks, _ = torchaudio.compliance.kaldi.get_mel_banks(n_mels, 512, float(sample_rate), 20.0, 0.0, 100.0,
+                                                              -500.0, 1.0)
+        self.register_buffer("banks", torch.nn.functional.pad(banks, (0, 1)).T.contiguous(), persistent=False)
+        if window == "povey":
+            win = torch.hann_window(WIN, periodic=False, dtype=torch.float64).pow(0.85)
+        else:
+            win = torch.hamming_window(WIN, periodic=False, dtype=torch.float64)
+        self.register_buffer("window", win.float(), persistent=False)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        # (B, T) -> (B, n_mels, frames), frames = 1 + (T - 400) // 160
+        with torch.autocast(device_type=wave.device.type, enabled=False):
+            frames = (wave.float() * 32768.0).unfold(1, WIN, HOP)  # (B, F, 400)
+            frames = frames - frames.mean(dim=-1, keepdim=True)
+            shifted = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)  # x[-1] := x[0], as Kaldi
+            frames = (frames - 0.97 * shifted) * self.window
+            power = torch.fft.rfft(frames, n=512).abs().pow(2)  # (B, F, 257)
+            mel = (power @ self.banks).clamp(min=torch.finfo(torch.float32).eps).log()  # (B, F, n_mels)
+            return (mel - mel.mean(dim=1, keepdim=True)).transpose(1, 2)
