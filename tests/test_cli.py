@@ -119,3 +119,39 @@ def test_bench_loader_reports_every_configuration_with_speedups(small_corpus, ca
     assert names[0].startswith("baseline") and any("device augmentation" in n for n in names)
     assert len(results) == 8 and all(r["samples_per_s"] > 0 and r["speedup"] > 0 for r in results)
     assert results[0]["speedup"] == 1.0
+
+
+def test_export_torchscript_matches_eager_on_a_new_length(tmp_path, capsys):
+    import torch
+
+    from voxfast.tasks.speaker import load_embedder
+
+    spec = CorpusSpec(seed=5, train_speakers=2, test_speakers=2, train_utts=2, test_utts=2, min_seconds=1.0,
+                      max_seconds=1.2, noise_files=1, rirs=1, workers=1)
+    make_corpus(tmp_path / "data", spec)
+    args = ["train", "--no-eval", f"data.train_list={tmp_path}/data/train_list.txt", f"train.out_dir={tmp_path}/run",
+            "data.num_frames=20", "data.num_workers=0", "train.epochs=1", "train.micro_batch=2", "train.global_batch=2",
+            "model.embed_dim=16"]
+    assert main(args) == 0
+    ckpt = tmp_path / "run" / "checkpoints" / "epoch_001.pt"
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "model.ts")]) == 0
+    assert "max |export - eager|" in capsys.readouterr().out
+    scripted = torch.jit.load(str(tmp_path / "model.ts"))
+    embedder, _ = load_embedder(ckpt, torch.device("cpu"))
+    wave = torch.randn(2, 23456) * 0.1  # batch and length unlike the export example
+    with torch.inference_mode():
+        torch.testing.assert_close(scripted(wave), embedder(wave), rtol=1e-4, atol=1e-5)
+
+
+def test_bench_model_reports_speedups_over_fp32(capsys):
+    args = ["bench-model", "--models", "resnetse_demo", "--modes", "fp32", "channels_last", "--batch", "2",
+            "--frames", "20", "--seconds", "0", "--device", "cpu", "--json"]
+    assert main(args) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["mode"] for r in rows] == ["fp32", "channels_last"] and rows[0]["speedup"] == 1.0
+    assert all(r["samples_per_s"] > 0 and r["params_m"] > 0.1 for r in rows)
+
+
+def test_bench_model_rejects_unknown_names(capsys):
+    assert main(["bench-model", "--models", "nope"]) == 2
+    assert "unknown model or mode nope" in capsys.readouterr().err

@@ -106,6 +106,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=_cmd_bench_loader)
 
+    p = sub.add_parser("export", help="export a checkpoint's embedding network", description=_cmd_export.__doc__)
+    p.add_argument("checkpoint", help="a .pt file from a run's checkpoints/ folder")
+    p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
+    p.add_argument("--out", help="output file (default: the checkpoint's name with .ts or .onnx)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("bench-model", help="forward+backward samples/s per model and speed switch",
+                       description=_cmd_bench_model.__doc__)
+    p.add_argument("--models", nargs="*", help="registered names (default: all)")
+    p.add_argument("--modes", nargs="*", help="subset of: fp32 autocast channels_last channels_last+autocast")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--frames", type=int, default=200, help="crop length in frames (200 = 2 s)")
+    p.add_argument("--seconds", type=float, default=5.0, help="timed seconds per model and mode")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=_cmd_bench_model)
+
     p = sub.add_parser("models", help="list the registered model names", description=_cmd_models.__doc__)
     p.set_defaults(func=_cmd_models)
     return parser
@@ -280,6 +297,38 @@ def _cmd_bench_loader(args: argparse.Namespace) -> int:
     results = run_bench(list_path, noise_dir, rir_dir, args.store or str(root / "store"), args.workers, args.batch,
                         args.frames, args.seconds, str(resolve_device(args.device)))
     print(format_results(results, args.json))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    """Write the embedding network (waveform in, embedding out; dynamic batch and length), checked against eager."""
+    import torch
+
+    from voxfast.export import export_embedder
+    from voxfast.tasks.speaker import load_embedder
+
+    embedder, cfg = load_embedder(args.checkpoint, torch.device("cpu"))
+    out = args.out or str(Path(args.checkpoint).with_suffix(".ts" if args.format == "torchscript" else ".onnx"))
+    diff = export_embedder(embedder, out, args.format, cfg.data.sample_rate)
+    print(f"wrote {out} ({args.format}); max |export - eager| on a new length: {diff:.2e}")
+    if diff > 1e-3:
+        raise VoxfastError(f"exported model differs from eager by {diff:.2e} (> 1e-3); do not use {out}")
+    return 0
+
+
+def _cmd_bench_model(args: argparse.Namespace) -> int:
+    """Training throughput (forward + backward) of each model in fp32, autocast and channels_last, same run."""
+    from voxfast.bench.model import MODES, format_model_results, run_model_bench
+    from voxfast.models.registry import available_models
+    from voxfast.train.trainer import resolve_device
+
+    unknown = sorted(set(args.models or ()) - set(available_models())) + sorted(set(args.modes or ()) - set(MODES))
+    if unknown:
+        raise VoxfastError(f"unknown model or mode {', '.join(unknown)}; models: {', '.join(available_models())}; "
+                           f"modes: {', '.join(MODES)}")
+    results = run_model_bench(args.models, resolve_device(args.device), args.batch, args.frames, args.seconds,
+                              tuple(args.modes or MODES))
+    print(format_model_results(results, args.json))
     return 0
 
 
