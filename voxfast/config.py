@@ -57,14 +57,19 @@ class ModelConfig:
     name: str = "resnetse_demo"  # a name from the model registry (`voxfast models` lists them)
     n_mels: int | None = None  # mel / fbank bins of the front end (null: the model's published setting)
     embed_dim: int | None = None  # speaker-embedding size (null: the model's published setting)
-    pooling: Literal["sap", "asp", "tstp", "astp"] | None = None  # temporal pooling (null: the model's own)
+    pooling: Literal["sap", "asp", "tstp", "astp", "ecapa"] | None = None  # temporal pooling (null: the model's own)
 
 
 @dataclass
 class HeadConfig:
-    name: Literal["softmax", "am", "aam"] = "aam"  # classification head used only during training
-    margin: float = 0.2  # additive (am) or angular (aam) margin
+    name: Literal["softmax", "am", "aam", "sub_center_aam"] = "aam"  # classification head, used only in training
+    margin: float = 0.2  # additive (am) or angular (aam, sub_center_aam) margin once fully ramped up
     scale: float = 30.0  # logit scale s
+    margin_ramp: tuple[float, float] = (0.0, 0.0)  # epochs [start, end]: margin 0 before start, full after end
+    margin_increase: Literal["exp", "linear"] = "exp"  # shape of the ramp (WeSpeaker's MarginScheduler)
+    sub_centers: int = 3  # sub_center_aam: centres per speaker
+    top_k: int = 5  # sub_center_aam: hardest non-target classes given an extra penalty (inter-top-k)
+    top_k_margin: float = 0.06  # sub_center_aam: that penalty
 
 
 @dataclass
@@ -320,6 +325,9 @@ def _check_values(cfg: Config) -> list[str]:
             f"train.global_batch ({cfg.train.global_batch}) must be a multiple of train.micro_batch "
             f"({cfg.train.micro_batch}); accumulation steps are global_batch / micro_batch"
         )
+    if not 0 <= cfg.head.margin_ramp[0] <= cfg.head.margin_ramp[1]:
+        errors.append(f"head.margin_ramp: expected [start, end] epochs with 0 <= start <= end, got "
+                      f"{list(cfg.head.margin_ramp)}")
     if cfg.train.micro_batch % cfg.data.n_per_speaker:
         errors.append(f"train.micro_batch ({cfg.train.micro_batch}) must be a multiple of data.n_per_speaker "
                       f"({cfg.data.n_per_speaker})")

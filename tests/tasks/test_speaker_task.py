@@ -87,3 +87,17 @@ def test_bad_files_are_skipped_and_counted_in_the_epoch_summary(corpus, tmp_path
 def test_a_batch_smaller_than_the_speakers_is_rejected(corpus, tmp_path):
     with pytest.raises(Exception, match="do not fill one batch"):
         SpeakerTask(_cfg(corpus, tmp_path, "train.micro_batch=8", "train.global_batch=8"))
+
+
+def test_margin_ramp_is_driven_by_the_trainer_and_logged(corpus, tmp_path):
+    cfg = _cfg(corpus, tmp_path, "train.epochs=2", "head.margin=0.3", "head.margin_ramp=0.5,1.5",
+               "head.margin_increase=linear", "head.name=sub_center_aam", "head.sub_centers=2", "head.top_k=2")
+    task = SpeakerTask(cfg)
+    trainer = Trainer(task, cfg.train, tmp_path / "run", task.checkpoint_extra())
+    assert trainer.model.head.weight.shape[0] == 2 * SPEC.train_speakers
+    trainer.fit()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    margins = [r["margin"] for r in records]
+    assert margins[0] == 0.0 and margins[-1] == pytest.approx(0.3)  # 0 before epoch 0.5, full after 1.5
+    assert margins == sorted(margins) and any(0 < m < 0.3 for m in margins)
+    assert trainer.model.head.margin == pytest.approx(0.3)

@@ -14,6 +14,36 @@ from torch import nn
 
 from voxfast.errors import VoxfastError
 
+HEAD_NAMES: tuple[str, ...] = ("softmax", "am", "aam", "sub_center_aam")
+
+
+def available_heads() -> list[str]:
+    """Names accepted by :func:`create_head`, in the order error messages list them."""
+    return list(HEAD_NAMES)
+
+
+def _fp32_cosine(emb: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Cosines between embeddings (B, D) and class vectors (C, D) -> (B, C), computed in float32.
+
+    Autocast is switched off here: ``.float()`` alone is not enough, because autocast casts
+    ``F.linear``'s inputs back to fp16/bf16, and the margin arithmetic near cos = ±1 needs fp32.
+    """
+    with torch.autocast(device_type=emb.device.type, enabled=False):
+        return F.linear(F.normalize(emb.float()), F.normalize(weight.float())).clamp(-1.0, 1.0)
+
+
+def _additive_angular(target: torch.Tensor, m: float) -> torch.Tensor:
+    """ArcFace target logit cos(theta + m), with the linear fallback past theta = pi - m.
+
+    Past theta = pi - m, cos(theta + m) would start increasing again and reward moving away from the
+    class; the fallback cos(theta) - sin(pi - m) * m keeps the logit monotonic.
+    """
+    # The floor on 1 - cos^2 keeps the sqrt gradient finite at cos = ±1 (where torch.where would
+    # otherwise multiply an infinite gradient by zero and give NaN); it moves no value above 1e-6.
+    sine = torch.sqrt((1.0 - target * target).clamp(min=1e-12))
+    phi = target * math.cos(m) - sine * math.sin(m)
+    return torch.where(target > math.cos(math.pi - m), phi, target - math.sin(math.pi - m) * m)
+
 
 class SoftmaxHead(nn.Module):
     """Plain linear classifier with cross-entropy."""
@@ -44,23 +74,101 @@ class MarginHead(nn.Module):
 
     def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # (B, D), (B,) -> loss (), logits (B, n_classes)
-        cosine = F.linear(F.normalize(emb.float()), F.normalize(self.weight.float())).clamp(-1.0, 1.0)
+        cosine = _fp32_cosine(emb, self.weight)
         target = cosine.gather(1, labels[:, None])
-        if self.angular:
-            m = self.margin
-            sine = torch.sqrt((1.0 - target * target).clamp(min=0.0))
-            phi = target * math.cos(m) - sine * math.sin(m)  # cos(theta + m)
-            # Past theta = pi - m, cos(theta + m) stops decreasing; use the linear fallback of ArcFace.
-            phi = torch.where(target > math.cos(math.pi - m), phi, target - math.sin(math.pi - m) * m)
-        else:
-            phi = target - self.margin
+        phi = _additive_angular(target, self.margin) if self.angular else target - self.margin
         logits = cosine.scatter(1, labels[:, None], phi) * self.scale
         return F.cross_entropy(logits, labels), logits
 
 
-def create_head(name: str, embed_dim: int, n_classes: int, margin: float = 0.2, scale: float = 30.0) -> nn.Module:
+class SubCenterAAMHead(nn.Module):
+    """AAM (ArcFace) head with K sub-centers per class and the inter-top-k penalty, as in WeSpeaker.
+
+    Sub-centers: each class owns K vectors and an embedding is scored against the closest one, so a
+    noisy or multi-condition speaker can form a few clusters instead of dragging one centre between
+    them (Deng et al., "Sub-center ArcFace", ECCV 2020). Inter-top-k: the ``top_k`` non-target
+    classes closest to the embedding get their logit raised from cos(theta) to cos(theta - m'),
+    which concentrates the loss on the confusable speakers that dominate verification errors
+    (Zhao et al., arXiv:2110.05042). The target gets the usual ArcFace margin with the same
+    fallback past theta = pi - m as :class:`MarginHead`, so K = 1 with top_k = 0 is exactly the AAM head.
+
+    ``margin`` (and ``top_k_margin``) are plain attributes so that a schedule can change them during
+    training. Unlike WeSpeaker's ``update()``, changing ``margin`` does not rescale ``top_k_margin``.
+    Weight rows are laid out class-major: row ``c * sub_centers + k`` is sub-center k of class c.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        n_classes: int,
+        margin: float,
+        scale: float,
+        sub_centers: int = 3,
+        top_k: int = 5,
+        top_k_margin: float = 0.06,
+    ) -> None:
+        super().__init__()
+        if isinstance(sub_centers, bool) or not isinstance(sub_centers, int) or sub_centers < 1:
+            raise VoxfastError(f"head.sub_centers must be an integer >= 1, got {sub_centers!r}")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise VoxfastError(f"head.top_k must be an integer >= 0, got {top_k!r}")
+        if not (math.isfinite(top_k_margin) and top_k_margin >= 0.0):
+            raise VoxfastError(f"head.top_k_margin must be a finite number >= 0, got {top_k_margin!r}")
+        self.weight = nn.Parameter(torch.empty(n_classes * sub_centers, embed_dim))
+        nn.init.xavier_normal_(self.weight)
+        self.n_classes = n_classes
+        self.sub_centers = sub_centers
+        self.top_k = top_k
+        self.top_k_margin = top_k_margin
+        self.margin = margin
+        self.scale = scale
+
+    def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # (B, D), (B,) -> loss (), logits (B, n_classes)
+        cosine = _fp32_cosine(emb, self.weight)  # (B, C * K)
+        cosine = cosine.view(cosine.shape[0], self.n_classes, self.sub_centers).amax(dim=2)  # (B, C)
+        target = cosine.gather(1, labels[:, None])
+        logits = cosine
+        # A top_k beyond the n_classes - 1 negatives penalises them all, so small data sets run with the defaults.
+        top_k = min(self.top_k, self.n_classes - 1)
+        if top_k > 0:
+            with torch.no_grad():
+                # Hardest negatives on the un-penalised cosines; the target is pushed below -1 to exclude it.
+                ranked = cosine.scatter(1, labels[:, None], -3.0)
+                hard = ranked.topk(top_k, dim=1).indices  # (B, top_k)
+            neg = cosine.gather(1, hard)
+            mp = self.top_k_margin
+            neg_sine = torch.sqrt((1.0 - neg * neg).clamp(min=1e-12))
+            logits = logits.scatter(1, hard, neg * math.cos(mp) + neg_sine * math.sin(mp))  # cos(theta - m')
+        logits = logits.scatter(1, labels[:, None], _additive_angular(target, self.margin)) * self.scale
+        return F.cross_entropy(logits, labels), logits
+
+    def extra_repr(self) -> str:
+        return (
+            f"n_classes={self.n_classes}, sub_centers={self.sub_centers}, margin={self.margin}, scale={self.scale}, "
+            f"top_k={self.top_k}, top_k_margin={self.top_k_margin}"
+        )
+
+
+def create_head(
+    name: str,
+    embed_dim: int,
+    n_classes: int,
+    margin: float = 0.2,
+    scale: float = 30.0,
+    *,
+    sub_centers: int = 3,
+    top_k: int = 5,
+    top_k_margin: float = 0.06,
+) -> nn.Module:
+    """Build the training head named by the config; the sub-center options are used by "sub_center_aam" only.
+
+    Unknown names raise :class:`VoxfastError` listing every name, so a config typo is fixed in one go.
+    """
     if name == "softmax":
         return SoftmaxHead(embed_dim, n_classes)
     if name in ("am", "aam"):
         return MarginHead(embed_dim, n_classes, margin, scale, angular=name == "aam")
-    raise VoxfastError(f"unknown head {name!r}; available: softmax, am, aam (set head.name)")
+    if name == "sub_center_aam":
+        return SubCenterAAMHead(embed_dim, n_classes, margin, scale, sub_centers, top_k, top_k_margin)
+    raise VoxfastError(f"unknown head {name!r}; available: {', '.join(HEAD_NAMES)} (set head.name)")

@@ -37,4 +37,4 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 
 
 def _ensure_loaded() -> None:
-    from voxfast.models import se_resnet  # noqa: F401  (registers its variants on import)
+    from voxfast.models import ecapa, se_resnet  # noqa: F401  (registers its variants on import)

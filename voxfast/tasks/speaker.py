@@ -35,6 +35,7 @@ from voxfast.eval.scoring import cosine_scores, trial_indices
 from voxfast.models.heads import create_head
 from voxfast.models.registry import create_model
 from voxfast.train.checkpoint import load_checkpoint
+from voxfast.train.schedule import margin_schedule, set_margin
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +95,17 @@ class SpeakerTask:
 
     def build_model(self) -> nn.Module:
         embedder = build_embedder(self.cfg)
-        head = create_head(self.cfg.head.name, embedder.embed_dim, self.dataset.n_classes, self.cfg.head.margin,
-                           self.cfg.head.scale)
+        h = self.cfg.head
+        head = create_head(h.name, embedder.embed_dim, self.dataset.n_classes, h.margin, h.scale,
+                           sub_centers=h.sub_centers, top_k=h.top_k, top_k_margin=h.top_k_margin)
         return SpeakerTrainModel(embedder, head)
+
+    def on_step(self, model: nn.Module, progress: float) -> dict[str, float]:
+        """Drive the margin schedule from the trainer's progress (fractional epochs); returns it for the log."""
+        start, end = self.cfg.head.margin_ramp
+        margin = margin_schedule(progress, self.cfg.head.margin, start, end, self.cfg.head.margin_increase)
+        set_margin(model.head, margin)
+        return {"margin": margin}
 
     def train_batches(self, epoch: int) -> DataLoader:
         self.sampler.set_epoch(epoch)

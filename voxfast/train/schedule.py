@@ -1,8 +1,13 @@
-"""Learning-rate schedules as multipliers of the peak LR, per optimizer step."""
+"""Training schedules per optimizer step: learning rate as a multiplier of the peak LR, and the head margin."""
 
 from __future__ import annotations
 
 import math
+import numbers
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def warmup_cosine(t: float, total: float, warmup: float, min_ratio: float) -> float:
@@ -17,3 +22,52 @@ def warmup_cosine(t: float, total: float, warmup: float, min_ratio: float) -> fl
     span = max(total - warmup, 1e-12)
     progress = min(max((t - warmup) / span, 0.0), 1.0)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+_EXP_FLOOR = 1e-3  # WeSpeaker's MarginScheduler: the remaining gap shrinks from 1 to 1e-3 over the ramp
+
+
+def margin_schedule(t: float, final: float, start: float, ramp_end: float, increase: str = "exp") -> float:
+    """Classification margin at training progress `t` (fractional epochs completed).
+
+    Margin 0 before `start`, rising to `final` between `start` and `ramp_end`, `final` afterwards.
+    A margin-based head trained from random weights with its full margin often stalls, because the
+    penalised target logit is below the others for every class; starting at zero lets the classes
+    separate first (WeSpeaker's MarginScheduler). Progress in epochs, as in :func:`warmup_cosine`,
+    keeps the schedule right for epochs of unequal length and for resumed runs.
+
+    ``increase="linear"`` ramps linearly. ``increase="exp"`` follows WeSpeaker:
+    ``final * (1 - 1e-3 ** p)`` with ``p`` the fraction of the ramp done, so most of the margin
+    arrives early and the approach to `final` is gentle; it reaches 0.999 * `final` at the end of
+    the ramp and then exactly `final` (a step of 0.1 % of `final`, as in WeSpeaker).
+    ``start == ramp_end`` gives a step from 0 to `final` at `start`.
+    """
+    for name, value in (("t", t), ("final", final), ("start", start), ("ramp_end", ramp_end)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"margin_schedule: {name} must be a finite number, got {value!r}")
+    if final < 0:
+        raise ValueError(f"margin_schedule: final must be >= 0, got {final!r}")
+    if start < 0:
+        raise ValueError(f"margin_schedule: start must be >= 0, got {start!r}")
+    if ramp_end < start:
+        raise ValueError(f"margin_schedule: ramp_end must be >= start ({start!r}), got {ramp_end!r}")
+    if increase not in ("exp", "linear"):
+        raise ValueError(f"margin_schedule: increase must be 'exp' or 'linear', got {increase!r}")
+    if t >= ramp_end:
+        return float(final)
+    if t < start:
+        return 0.0
+    p = (t - start) / (ramp_end - start)
+    ratio = p if increase == "linear" else 1.0 - _EXP_FLOOR**p
+    return final * ratio
+
+
+def set_margin(head: nn.Module, value: float) -> None:
+    """Set the margin of a margin-based head; a no-op for heads without one (softmax).
+
+    The trainer can then apply :func:`margin_schedule` whatever head the config chose.
+    """
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"set_margin: value must be a finite number >= 0, got {value!r}")
+    if hasattr(head, "margin"):
+        head.margin = float(value)

@@ -28,6 +28,13 @@ class Task(Protocol):
         """Move the batch to `device`, run the model and return {"loss", "output", "n"} (n = samples)."""
         ...
 
+    def on_step(self, model: nn.Module, progress: float) -> dict[str, float]:
+        """Before each optimizer step, at `progress` epochs: set schedules (e.g. a margin); values are logged.
+
+        Optional: the trainer skips tasks that do not define it.
+        """
+        ...
+
     def evaluate(self, model: nn.Module, device: torch.device, out_dir: Path) -> dict[str, float]:
         """Validation figures (for a speaker task: EER and minDCF on the trial list)."""
         ...

@@ -118,6 +118,8 @@ class Trainer:
                 continue
             progress = self.epoch + min(window.steps_in_epoch + 1, steps) / steps  # epochs done after this step
             self._set_lr(warmup_cosine(progress, self.cfg.epochs, self.cfg.warmup_epochs, self.cfg.min_lr_ratio))
+            hook = getattr(self.task, "on_step", None)
+            window.extra = hook(self.model, progress) if hook is not None else {}
             loss, n = self.train_step(micro)
             micro = []
             window.add(loss, n, progress)
@@ -193,10 +195,11 @@ class Trainer:
         sps = window.samples / elapsed
         eta = (self.cfg.epochs - window.progress) * elapsed / max(window.progress - window.start_progress, 1e-9)
         lr = self.optimizer.param_groups[0]["lr"]
-        record = {"step": self.step, "epoch": self.epoch + 1, "loss": loss, "lr": lr, "samples_per_s": sps,
-                  "data_wait_pct": 100.0 * window.wait / elapsed, "eta_s": eta}
-        log.info("step %d (epoch %d/%d) loss %.3f lr %.2e %.0f samples/s data-wait %.0f%% eta %s", self.step,
-                 self.epoch + 1, self.cfg.epochs, loss, lr, sps, record["data_wait_pct"], _fmt_eta(eta))
+        record = {"step": self.step, "epoch": self.epoch + 1, "loss": loss, "lr": lr, **window.extra,
+                  "samples_per_s": sps, "data_wait_pct": 100.0 * window.wait / elapsed, "eta_s": eta}
+        extra = "".join(f" {k} {v:.3g}" for k, v in window.extra.items())
+        log.info("step %d (epoch %d/%d) loss %.3f lr %.2e%s %.0f samples/s data-wait %.0f%% eta %s", self.step,
+                 self.epoch + 1, self.cfg.epochs, loss, lr, extra, sps, record["data_wait_pct"], _fmt_eta(eta))
         with open(self.metrics_file, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -210,6 +213,7 @@ class _Window:
         self.steps_in_epoch = steps_in_epoch
         self.wait = 0.0
         self.samples = 0
+        self.extra: dict[str, float] = {}  # task schedule values (e.g. margin) at the latest step
         self.loss = torch.zeros((), device=device)
 
     def add(self, mean_loss: torch.Tensor, n: int, progress: float) -> None:
