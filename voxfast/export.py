@@ -8,6 +8,7 @@ at export time rather than in a user's service.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import warnings
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from voxfast.audio.features import FramedPowerSpectrum
 from voxfast.errors import VoxfastError
 
 FORMATS = ("torchscript", "onnx")
@@ -51,6 +53,10 @@ def _onnx(embedder: nn.Module, example: torch.Tensor, check: torch.Tensor, out: 
                            "(or use --format torchscript)")
     import onnxruntime  # optional dependency, imported only here
 
+    embedder = copy.deepcopy(embedder)
+    for module in embedder.modules():
+        if isinstance(module, FramedPowerSpectrum):
+            module.matrix_dft = True  # ONNX has no complex FFT nor dynamic unfold; a strided Conv1d exports
     try:
         torch.onnx.export(embedder, (example,), str(out), input_names=["wave"], output_names=["embedding"],
                           dynamic_axes={"wave": {0: "batch", 1: "samples"}, "embedding": {0: "batch"}}, dynamo=False)

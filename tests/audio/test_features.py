@@ -64,3 +64,14 @@ def test_front_ends_stay_float32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert LogMel(40)(wave).dtype == torch.float32
         assert KaldiFbank(80)(wave).dtype == torch.float32
+
+
+@pytest.mark.parametrize("front", [LogMel(40), KaldiFbank(80)], ids=["logmel", "fbank"])
+def test_conv_dft_mode_for_onnx_gives_the_same_features(front):
+    wave = torch.randn(2, crop_samples(30)) * 0.1
+    fft = front(wave)
+    front.power.matrix_dft = True
+    try:
+        torch.testing.assert_close(front(wave), fft, rtol=0, atol=2e-3)
+    finally:
+        front.power.matrix_dft = False

@@ -7,7 +7,10 @@ fp16 power spectra loses the quiet bands that carry speaker information.
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
@@ -34,9 +37,68 @@ class PreEmphasis(nn.Module):
         return x - self.coef * prev
 
 
+class FramedPowerSpectrum(nn.Module):
+    """Frames of a signal, a per-frame linear map, then |DFT|^2: (B, T) -> (B, frames, n_fft // 2 + 1).
+
+    Normally: unfold, `frame_map` (DC removal, pre-emphasis, window...), torch.fft.rfft. For ONNX export
+    (`matrix_dft = True`, set by voxfast.export) the whole chain is one strided Conv1d whose kernels are
+    `frame_map` applied to the real DFT basis: torch's ONNX exporter supports neither complex FFTs nor an
+    unfold of dynamic length, and a linear frame map composed with the DFT is just another linear map.
+    """
+
+    def __init__(self, frame_len: int, hop: int, frame_map: nn.Module, n_fft: int = 512) -> None:
+        super().__init__()
+        self.frame_len, self.hop, self.n_fft = frame_len, hop, n_fft
+        self.frame_map = frame_map
+        self.matrix_dft = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.matrix_dft:
+            bins = self.n_fft // 2 + 1
+            spec = F.conv1d(x[:, None], self._kernel(x), stride=self.hop)  # (B, 2 * bins, frames)
+            return (spec[:, :bins].pow(2) + spec[:, bins:].pow(2)).transpose(1, 2)
+        spec = torch.fft.rfft(self.frame_map(x.unfold(1, self.frame_len, self.hop)), n=self.n_fft)
+        return spec.real.pow(2) + spec.imag.pow(2)
+
+    def _kernel(self, like: torch.Tensor) -> torch.Tensor:
+        """(2 * bins, 1, frame_len): rows of frame_map(identity) projected on the cos and -sin DFT bases."""
+        n = torch.arange(self.frame_len, dtype=torch.float64)[:, None]
+        k = torch.arange(self.n_fft // 2 + 1, dtype=torch.float64)[None, :]
+        angle = 2.0 * math.pi * n * k / self.n_fft
+        basis = torch.cat([angle.cos(), -angle.sin()], dim=1).to(like.dtype)  # (frame_len, 2 * bins)
+        linear = self.frame_map(torch.eye(self.frame_len, dtype=like.dtype, device=like.device))  # row i: map(e_i)
+        return (linear @ basis.to(like.device)).T[:, None, :]
+
+
+class _Window(nn.Module):
+    """Multiply each frame by a fixed window (the frame map of LogMel)."""
+
+    def __init__(self, window: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("window", window, persistent=False)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return frames * self.window
+
+
+class _KaldiFrameMap(nn.Module):
+    """Kaldi's per-frame processing: remove the DC offset, pre-emphasise with x[-1] := x[0], window."""
+
+    def __init__(self, window: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("window", window, persistent=False)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        frames = frames - frames.mean(dim=-1, keepdim=True)
+        shifted = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
+        return (frames - 0.97 * shifted) * self.window
+
+
 class LogMel(nn.Module):
     """voxceleb_trainer's front end: pre-emphasis, 512-point Hamming mel spectrogram, log, mean/var norm.
 
+    Same maths as torchaudio's MelSpectrogram (centred frames with reflect padding, periodic Hamming window
+    of 400 centred in 512, HTK mel banks from 20 Hz), written out so the spectrum step can be exported.
     The per-utterance normalisation over time (InstanceNorm without affine) removes channel and level,
     which is exactly the session variability a speaker model should ignore.
     """
@@ -45,18 +107,19 @@ class LogMel(nn.Module):
         super().__init__()
         self.n_mels = n_mels
         self.pre = PreEmphasis()
-        self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=sample_rate, n_fft=512, win_length=WIN, hop_length=HOP, window_fn=torch.hamming_window,
-            n_mels=n_mels, f_min=20.0, f_max=sample_rate / 2,
-        )
+        window = torch.zeros(512)
+        window[(512 - WIN) // 2 : (512 + WIN) // 2] = torch.hamming_window(WIN)
+        self.power = FramedPowerSpectrum(512, HOP, _Window(window))
+        banks = torchaudio.functional.melscale_fbanks(257, 20.0, sample_rate / 2, n_mels, sample_rate)
+        self.register_buffer("banks", banks, persistent=False)  # (257, n_mels)
         self.norm = nn.InstanceNorm1d(n_mels)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        # (B, T) -> (B, n_mels, frames)
-        device_type = wave.device.type
-        with torch.autocast(device_type=device_type, enabled=False):
-            x = self.mel(self.pre(wave.float())) + 1e-6
-            return self.norm(x.log())
+        # (B, T) -> (B, n_mels, frames), frames = 1 + T // 160
+        with torch.autocast(device_type=wave.device.type, enabled=False):
+            x = F.pad(self.pre(wave.float())[:, None], (256, 256), mode="reflect")[:, 0]
+            mel = self.power(x) @ self.banks + 1e-6  # (B, frames, n_mels)
+            return self.norm(mel.log().transpose(1, 2))
 
 
 class KaldiFbank(nn.Module):
@@ -81,15 +144,11 @@ class KaldiFbank(nn.Module):
             win = torch.hann_window(WIN, periodic=False, dtype=torch.float64).pow(0.85)
         else:
             win = torch.hamming_window(WIN, periodic=False, dtype=torch.float64)
-        self.register_buffer("window", win.float(), persistent=False)
+        self.power = FramedPowerSpectrum(WIN, HOP, _KaldiFrameMap(win.float()))
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         # (B, T) -> (B, n_mels, frames), frames = 1 + (T - 400) // 160
         with torch.autocast(device_type=wave.device.type, enabled=False):
-            frames = (wave.float() * 32768.0).unfold(1, WIN, HOP)  # (B, F, 400)
-            frames = frames - frames.mean(dim=-1, keepdim=True)
-            shifted = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)  # x[-1] := x[0], as Kaldi
-            frames = (frames - 0.97 * shifted) * self.window
-            power = torch.fft.rfft(frames, n=512).abs().pow(2)  # (B, F, 257)
+            power = self.power(wave.float() * 32768.0)  # (B, F, 257)
             mel = (power @ self.banks).clamp(min=torch.finfo(torch.float32).eps).log()  # (B, F, n_mels)
             return (mel - mel.mean(dim=1, keepdim=True)).transpose(1, 2)
