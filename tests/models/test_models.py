@@ -28,6 +28,22 @@ def test_model_accepts_other_lengths_in_eval(name):
         assert model(torch.randn(1, 12345)).shape[0] == 1
 
 
+# Published embedding-network sizes (None: a voxfast-only model). A new model must be listed here.
+PUBLISHED_PARAMS = {
+    "resnetse_demo": None, "resnetse34l": 1.437e6, "resnetse34v2": 8.03e6, "resnet34": 6.63e6, "se_resnet34": None,
+    "ecapa_tdnn": 6.19e6, "ecapa_tdnn_c1024": 14.65e6,
+}
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_parameter_count_matches_the_published_model(name):
+    assert name in PUBLISHED_PARAMS, f"add {name}'s published parameter count (or None) to PUBLISHED_PARAMS"
+    target = PUBLISHED_PARAMS[name]
+    count = sum(p.numel() for p in create_model(name).parameters())
+    if target is not None:
+        assert abs(count - target) / target < 0.01, (count, target)
+
+
 def test_unknown_model_lists_the_available_names():
     with pytest.raises(VoxfastError, match=r"unknown model 'nope'; available: .*resnetse_demo"):
         create_model("nope")
