@@ -99,11 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first write a VoxCeleb-shaped corpus (4-16 s utterances, 5 s noises, 0.3-1 s RIRs) to DIR")
     p.add_argument("--speakers", type=int, default=40, help="speakers of --make-corpus (default 40)")
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers (default 1)")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--frames", type=int, default=200, help="crop length in frames (200 = 2 s)")
-    p.add_argument("--seconds", type=float, default=5.0, help="timed seconds per configuration")
-    p.add_argument("--device", default="auto", help="device for the batched augmentation (auto, cpu, cuda)")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    _add_bench_args(p, batch=64, device_help="device for the batched augmentation (auto, cpu, cuda)")
     p.set_defaults(func=_cmd_bench_loader)
 
     p = sub.add_parser("export", help="export a checkpoint's embedding network", description=_cmd_export.__doc__)
@@ -116,16 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
                        description=_cmd_bench_model.__doc__)
     p.add_argument("--models", nargs="*", help="registered names (default: all)")
     p.add_argument("--modes", nargs="*", help="subset of: fp32 autocast channels_last channels_last+autocast")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--frames", type=int, default=200, help="crop length in frames (200 = 2 s)")
-    p.add_argument("--seconds", type=float, default=5.0, help="timed seconds per model and mode")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    _add_bench_args(p, batch=32, device_help="auto, cpu, cuda or cuda:N")
     p.set_defaults(func=_cmd_bench_model)
 
     p = sub.add_parser("models", help="list the registered model names", description=_cmd_models.__doc__)
     p.set_defaults(func=_cmd_models)
     return parser
+
+
+def _add_bench_args(p: argparse.ArgumentParser, batch: int, device_help: str) -> None:
+    """The options every `bench-*` command shares."""
+    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--frames", type=int, default=200, help="crop length in frames (200 = 2 s)")
+    p.add_argument("--seconds", type=float, default=5.0, help="timed seconds per configuration")
+    p.add_argument("--device", default="auto", help=device_help)
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
 def _add_config_args(p: argparse.ArgumentParser, default: str | None = None) -> None:

@@ -256,24 +256,22 @@ def _coerce_scalar(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return True, value
-        if isinstance(value, _OverrideText):
-            try:
-                return True, int(value)
-            except ValueError:
-                return False, None
-        return False, None
+        return _parse(value, int) if isinstance(value, _OverrideText) else (False, None)
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return True, float(value)
-        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
-            try:
-                return True, float(value)
-            except ValueError:
-                return False, None
-        return False, None
+        # Any string, not only command-line text: YAML 1.1 reads `1e-3` (no dot) as a string.
+        return _parse(value, float) if isinstance(value, str) else (False, None)
     if tp is str:
         return (isinstance(value, str), str(value) if isinstance(value, str) else None)
     raise TypeError(f"config field type {tp!r} is not supported")  # internal: a new field type needs code
+
+
+def _parse(text: str, cast: type) -> tuple[bool, Any]:
+    try:
+        return True, cast(text)
+    except ValueError:
+        return False, None
 
 
 _BOOL_TEXT = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
