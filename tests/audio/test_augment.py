@@ -263,6 +263,20 @@ def test_augment_numpy_is_float32_for_every_kind_and_none_is_the_input(bank):
         assert (y is x) == (kind == NONE)
 
 
+def test_augment_numpy_out_receives_the_same_result_and_may_alias_the_input(bank):
+    """The loader writes augmented crops straight into its ring row; that must not change a single sample."""
+    rng = np.random.default_rng(9)
+    for kind in range(len(KINDS)):
+        x = rng.standard_normal(L).astype(np.float32)
+        plan = draw_plan(rng, _one_hot(kind), bank, L)
+        expected = augment_numpy(x.copy(), plan, bank)
+        out = np.full(L, np.nan, dtype=np.float32)
+        assert augment_numpy(x, plan, bank, out=out) is out
+        np.testing.assert_array_equal(out, expected)
+        assert augment_numpy(x, plan, bank, out=x) is x  # in place
+        np.testing.assert_array_equal(x, expected)
+
+
 # ------------------------------------------------------------------------------------------ folders
 
 

@@ -129,9 +129,13 @@ class BatchRing:
         return self.buffer.shape[0]
 
     def write(self, slot: int, row: int, crop: np.ndarray) -> None:
+        self.row(slot, row)[:] = crop
+
+    def row(self, slot: int, row: int) -> np.ndarray:
+        """The shared-memory row itself, for writing a crop in place (CPU augmentation writes its output here)."""
         if self._view is None:
             self._view = self.buffer.numpy()
-        self._view[slot, row] = crop
+        return self._view[slot, row]
 
     def __getstate__(self) -> dict[str, Any]:
         return {"buffer": self.buffer, "_view": None}  # the tensor travels as a shared-memory handle
@@ -219,7 +223,8 @@ class TrainCrops(Dataset):
             spec, bank = self.augment
             plan = draw_plan(rng, spec, bank, self.num_samples)
             if not self.augment_on_device:
-                wave, plan = augment_numpy(wave, plan, bank), None
+                augment_numpy(wave, plan, bank, out=self.ring.row(slot, row))
+                return slot, label, None
         self.ring.write(slot, row, wave)
         return slot, label, plan
 
