@@ -27,7 +27,8 @@ def trained_run(tmp_path_factory):
 def test_run_folder_holds_config_checkpoints_scores_and_metrics(trained_run):
     run = trained_run / "run"
     assert (run / "config.yaml").is_file()
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_001.pt", "epoch_002.pt"]
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["best.pt", "epoch_001.pt", "epoch_002.pt", "last.pt"]
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"eer", "min_dcf_0.01", "min_dcf_0.05", "n_target", "n_nontarget"} <= set(metrics)
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

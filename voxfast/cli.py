@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -43,9 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a speaker model from a config", description=_cmd_train.__doc__)
     _add_config_args(p)
-    p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint written by an earlier run")
+    p.add_argument("--resume", metavar="CKPT",
+                   help="continue exactly from a checkpoint; `auto`: the run folder's checkpoints/last.pt if any")
     p.add_argument("--no-eval", action="store_true", help="skip scoring eval.trials after training")
+    p.add_argument("--profile", metavar="N:M", type=_step_range,
+                   help="write a torch.profiler trace of optimizer steps N to M into the run folder")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("average-checkpoints", help="average the weights of the last N epoch checkpoints",
+                       description=_cmd_average.__doc__)
+    p.add_argument("source", nargs="+", help="a run folder (or its checkpoints/ folder), or .pt files to average")
+    p.add_argument("--last", type=int, help="how many of the newest epoch checkpoints of a run folder")
+    p.add_argument("--out", required=True, help="the averaged checkpoint to write")
+    p.set_defaults(func=_cmd_average)
 
     p = sub.add_parser("demo", help="make the synthetic corpus, train, score and report EER",
                        description=_cmd_demo.__doc__)
@@ -131,22 +142,64 @@ def _add_bench_args(p: argparse.ArgumentParser, batch: int, device_help: str) ->
 
 def _add_config_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
     p.add_argument("--config", default=default, help="YAML config" + (f" (default: {default})" if default else ""))
+    p.add_argument("--preset", action="append", default=[], metavar="NAME_OR_YAML",
+                   help="settings laid over the config: speed, reproducible (configs/presets/) or a YAML file")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. train.lr=1e-3")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    """Train a speaker model; the run folder (train.out_dir) receives config, checkpoints and metrics."""
+    """Train a speaker model; the run folder (train.out_dir) receives config, checkpoints and metrics.
+
+    Under `torchrun --nproc_per_node N -m voxfast train ...` every process trains on its share of each global
+    batch (DDP); rank 0 alone logs, writes checkpoints and scores the trial list.
+    """
+    from voxfast.train.distributed import init_distributed, shutdown
+
+    cfg = _load_config(args)
+    info = init_distributed(cfg.train.device)
+    if not info.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        summary, metrics = _train_and_score(cfg, Path(cfg.train.out_dir), args.resume, not args.no_eval, args.profile)
+    finally:
+        shutdown()
+    if info.is_main:
+        print(json.dumps({**summary, **metrics}, indent=2))
+    return 128 + signal.Signals[summary["interrupted"]].value if summary.get("interrupted") in _SIGNALS else 0
+
+
+_SIGNALS = ("SIGINT", "SIGTERM")
+
+
+def _load_config(args: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
     from voxfast.config import load_config
 
-    cfg = load_config(args.config, args.overrides)
-    summary, metrics = _train_and_score(cfg, Path(cfg.train.out_dir), args.resume, evaluate=not args.no_eval)
-    print(json.dumps({**summary, **metrics}, indent=2))
-    return 0
+    return load_config(args.config, [*extra, *args.overrides], [_preset_path(p) for p in args.preset])
+
+
+def _preset_path(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    known = sorted(p.stem for p in (REPO_CONFIGS / "presets").glob("*.yaml"))
+    if name not in known:
+        raise VoxfastError(f"unknown preset {name!r}: choose one of {known} or pass a YAML file")
+    return REPO_CONFIGS / "presets" / f"{name}.yaml"
+
+
+def _step_range(text: str) -> tuple[int, int]:
+    first, sep, last = text.partition(":")
+    try:
+        start, end = int(first), int(last)
+    except ValueError:
+        start = end = 0
+    if not sep or not 1 <= start <= end:
+        raise argparse.ArgumentTypeError(f"expected N:M with 1 <= N <= M (optimizer steps), got {text!r}")
+    return start, end
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Generate the synthetic corpus if missing, train the demo model, score held-out speakers, print a table."""
-    from voxfast.config import load_config
     from voxfast.data.synthetic import make_corpus
 
     if args.config and not Path(args.config).is_file():
@@ -159,7 +212,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out or time.strftime("runs/demo-%Y%m%d-%H%M%S"))
     paths = [f"data.train_list={data / 'train_list.txt'}", f"eval.trials={data / 'trials.txt'}",
              f"train.out_dir={out}"]
-    cfg = load_config(args.config, [*paths, *args.overrides])
+    cfg = _load_config(args, paths)
     summary, metrics = _train_and_score(cfg, out, None, evaluate=True)
     report = {**summary, **metrics, "total_minutes": (time.perf_counter() - started) / 60}
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
@@ -167,20 +220,38 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_and_score(cfg: Any, out: Path, resume: str | None, evaluate: bool) -> tuple[dict, dict]:
+def _train_and_score(cfg: Any, out: Path, resume: str | None, evaluate: bool,
+                     profile: tuple[int, int] | None = None) -> tuple[dict, dict]:
     from voxfast.config import save_config
     from voxfast.tasks.speaker import SpeakerTask
+    from voxfast.train.distributed import env_info
     from voxfast.train.trainer import Trainer
 
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    task = SpeakerTask(cfg)
-    trainer = Trainer(task, cfg.train, out, task.checkpoint_extra())
+    info = env_info()
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    task = SpeakerTask(cfg, info.rank, info.world)
+    trainer = Trainer(task, cfg.train, out, task.checkpoint_extra(), info, profile)
+    if resume == "auto":
+        last = trainer.checkpoint_dir / "last.pt"
+        resume = str(last) if last.is_file() else None
+        log.info("--resume auto: %s", resume or "no checkpoint yet, starting afresh")
     if resume:
         trainer.load(resume)
     summary = trainer.fit()
-    metrics = trainer.evaluate() if evaluate else {}
+    metrics = trainer.evaluate() if evaluate and info.is_main and not summary["interrupted"] else {}
     return summary, metrics
+
+
+def _cmd_average(args: argparse.Namespace) -> int:
+    """Average the weights of checkpoints (WeSpeaker's recipe: the last N epochs), for a steadier model."""
+    from voxfast.train.checkpoint import run_average
+
+    source = args.source[0] if len(args.source) == 1 else args.source
+    out = run_average(source, args.last, args.out)
+    print(out)
+    return 0
 
 
 def _demo_table(r: dict[str, Any], out: Path) -> str:

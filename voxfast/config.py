@@ -76,16 +76,31 @@ class HeadConfig:
 class TrainConfig:
     epochs: int = 10  # passes over the training list
     global_batch: int = 128  # samples per optimizer step, over all micro-batches and processes
-    micro_batch: int = 128  # samples per forward pass; accumulation = global_batch / micro_batch
-    lr: float = 3e-3  # peak learning rate of AdamW
-    weight_decay: float = 5e-5  # AdamW weight decay (not applied to norms and biases)
-    warmup_epochs: float = 1.0  # linear LR warm-up, then cosine decay to lr * min_lr_ratio
-    min_lr_ratio: float = 0.02  # final LR as a fraction of the peak
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CPU, fp16 on CUDA
-    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    micro_batch: int = 128  # samples per forward pass and process; accumulation = global / (micro * processes)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"  # no weight decay on norms and biases for any of them
+    lr: float = 3e-3  # peak learning rate (at lr_reference_batch samples per step when that is set)
+    lr_reference_batch: int = 0  # > 0: lr scales linearly with global_batch / lr_reference_batch
+    momentum: float = 0.9  # SGD momentum (Nesterov) / Adam beta1
+    weight_decay: float = 5e-5  # decoupled for AdamW, L2 for SGD and Adam
+    scheduler: Literal["cosine", "exp", "step"] = "cosine"  # after warm-up: cosine, exponential (WeSpeaker), step
+    warmup_epochs: float = 1.0  # linear LR warm-up from 0 to the peak
+    min_lr_ratio: float = 0.02  # cosine and exp: final LR as a fraction of the peak
+    step_epochs: float = 10.0  # step: multiply the LR by step_gamma every step_epochs (voxceleb_trainer)
+    step_gamma: float = 0.95
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on CUDA, fp32 on CPUs without bf16
+    device: str = "auto"  # auto, cpu, cuda, cuda:N (under torchrun: the local rank's GPU)
+    tf32: bool = True  # TF32 matmuls and convolutions on Ampere+ GPUs
+    cudnn_benchmark: bool = True  # let cuDNN time its algorithms (fixed crop lengths make this pay)
+    deterministic: bool = False  # deterministic algorithms (the reproducible preset); slower
+    channels_last: bool = False  # NHWC memory format for 2-D convolutional models
+    compile: bool = False  # torch.compile the model (before DDP; checkpoints keep the plain module)
     clip_grad_norm: float = 5.0  # max gradient norm (0 disables clipping)
-    seed: int = 1234  # seeds python, numpy and torch; loader workers derive their own seeds
-    log_every: int = 10  # optimizer steps between log lines
+    max_nonfinite: int = 20  # this many non-finite steps in a row abort the run (each one is skipped)
+    seed: int = 1234  # seeds python, numpy and torch; loader crops derive their own seeds from it
+    log_every: int = 10  # optimizer steps between log lines (the only host syncs of the loop)
+    checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints (0: at epoch ends only)
+    keep_last: int = 3  # epoch checkpoints kept besides best.pt and last.pt (0 keeps all)
+    tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
     out_dir: str = "runs/demo"  # run folder: resolved config, checkpoints, scores, metrics
     threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
 
@@ -108,12 +123,18 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Build a Config from an optional YAML file plus ``section.key=value`` overrides.
+def load_config(
+    path: str | Path | None = None, overrides: typing.Sequence[str] = (), presets: typing.Sequence[str | Path] = ()
+) -> Config:
+    """Build a Config from an optional YAML file, preset files laid over it, then ``section.key=value`` overrides.
 
-    Raises ConfigError listing every unknown key, wrong type and malformed override together.
+    A preset is a partial config (e.g. configs/presets/speed.yaml): its keys replace the file's, so a recipe
+    keeps its data and model while the preset decides how fast or how reproducibly it runs; command-line
+    overrides come last. Raises ConfigError listing every unknown key, wrong type and malformed override.
     """
     raw: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
+    for preset in presets:
+        _merge(raw, _read_yaml(Path(preset)))
     errors: list[str] = []
     for item in overrides:
         _apply_override(raw, item, errors)
@@ -159,6 +180,15 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
     return data
+
+
+def _merge(base: dict[str, Any], layer: dict[str, Any]) -> None:
+    """Lay `layer` over `base` section by section (a preset sets single keys, not whole sections)."""
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key].update(value)
+        else:
+            base[key] = value
 
 
 def _apply_override(raw: dict[str, Any], item: str, errors: list[str]) -> None:
@@ -303,6 +333,9 @@ def _check_values(cfg: Config) -> list[str]:
         "train.micro_batch": cfg.train.micro_batch,
         "train.lr": cfg.train.lr,
         "train.log_every": cfg.train.log_every,
+        "train.max_nonfinite": cfg.train.max_nonfinite,
+        "train.step_epochs": cfg.train.step_epochs,
+        "train.step_gamma": cfg.train.step_gamma,
         "head.scale": cfg.head.scale,
         "eval.batch_seconds": cfg.eval.batch_seconds,
     }
@@ -314,6 +347,10 @@ def _check_values(cfg: Config) -> list[str]:
         "train.warmup_epochs": cfg.train.warmup_epochs,
         "train.clip_grad_norm": cfg.train.clip_grad_norm,
         "train.threads": cfg.train.threads,
+        "train.lr_reference_batch": cfg.train.lr_reference_batch,
+        "train.momentum": cfg.train.momentum,
+        "train.checkpoint_every": cfg.train.checkpoint_every,
+        "train.keep_last": cfg.train.keep_last,
         "eval.max_seconds": cfg.eval.max_seconds,
         "head.margin": cfg.head.margin,
     }

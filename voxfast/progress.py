@@ -15,9 +15,9 @@ class _NoBar:
         pass
 
 
-def progress_bar(total: int, desc: str) -> Any:
-    """A tqdm bar when stderr is a terminal, else an object with the same update/close that does nothing."""
-    if not sys.stderr.isatty():
+def progress_bar(total: int, desc: str, show: bool = True) -> Any:
+    """A tqdm bar when stderr is a terminal (and `show`: rank 0 only), else a no-op with the same update/close."""
+    if not show or not sys.stderr.isatty():
         return _NoBar()
     from tqdm import tqdm
 

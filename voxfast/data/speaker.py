@@ -8,6 +8,7 @@ crop, the speed and the augmentation plan, so CPU and device augmentation see id
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
@@ -147,15 +148,19 @@ class RingBatches(Sampler):
     def __init__(self, batches: Sampler, slots: int) -> None:
         self.batches = batches
         self.slots = slots
+        self.skip = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Batches of `epoch` after its first `skip` (a run resumed mid-epoch continues with the same ones)."""
         self.batches.set_epoch(epoch)
+        self.skip = skip
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return max(len(self.batches) - self.skip, 0)
 
     def __iter__(self) -> Iterator[list[tuple[int, int, int, int]]]:
-        for j, batch in enumerate(self.batches):
+        batches = itertools.islice(self.batches, self.skip, None)
+        for j, batch in enumerate(batches):
             yield [(index, seed, j % self.slots, row) for row, (index, seed) in enumerate(batch)]
 
 
@@ -253,9 +258,10 @@ class TrainCrops(Dataset):
             ) from exc
 
     def batch_wave(self, batch: dict[str, Any]) -> torch.Tensor:
-        """The batch's crops: a view of its ring slot (rows of failed reads removed). int16 or float32."""
+        """The batch's crops: a view of its ring slot, or its `rows` (failed reads removed, or a piece of a
+        split batch). int16 or float32."""
         crops = self.ring.buffer[batch["slot"], : batch["size"]]
-        return crops[batch["rows"]] if batch["failed"] else crops
+        return crops if len(batch["rows"]) == batch["size"] else crops[batch["rows"]]
 
 
 def to_float_wave(wave: torch.Tensor) -> torch.Tensor:

@@ -107,8 +107,8 @@ class SpeakerTask:
         set_margin(model.head, margin)
         return {"margin": margin}
 
-    def train_batches(self, epoch: int) -> DataLoader:
-        self.sampler.set_epoch(epoch)
+    def train_batches(self, epoch: int, skip: int = 0) -> DataLoader:
+        self.sampler.set_epoch(epoch, skip)
         return self.loader
 
     def training_step(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
@@ -122,7 +122,8 @@ class SpeakerTask:
         if "aug" in batch:
             wave = self._augment_on_device(wave, batch["aug"], device)
         loss, logits = model(wave, label)
-        return {"loss": loss, "output": logits, "n": len(label)}
+        correct = (logits.detach().argmax(1) == label).sum()
+        return {"loss": loss, "output": logits, "n": len(label), "correct": correct}
 
     def _augment_on_device(self, wave: torch.Tensor, plans: dict[str, np.ndarray], device: torch.device
                            ) -> torch.Tensor:

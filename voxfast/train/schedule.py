@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import nn
 
+    from voxfast.config import TrainConfig
+
 
 def warmup_cosine(t: float, total: float, warmup: float, min_ratio: float) -> float:
     """LR factor at training progress `t` (any unit, e.g. epochs completed after this step).
@@ -22,6 +24,67 @@ def warmup_cosine(t: float, total: float, warmup: float, min_ratio: float) -> fl
     span = max(total - warmup, 1e-12)
     progress = min(max((t - warmup) / span, 0.0), 1.0)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+
+def warmup_exponential(t: float, total: float, warmup: float, min_ratio: float) -> float:
+    """LR factor at training progress `t` (fractional epochs completed, as in :func:`warmup_cosine`).
+
+    Linear warm-up from 0 to 1 over `warmup`, then exponential decay ``min_ratio ** p`` with ``p`` the
+    fraction of ``[warmup, total]`` done: 1 right after warm-up, `min_ratio` at `total` and after.
+
+    WeSpeaker's ExponentialDecrease instead multiplies the warm-up ramp by a decay that runs over the
+    whole run (``min_ratio ** (t / total)``), so the configured peak is never reached (decaying 0.1 to
+    5e-5 over 150 epochs, it is down to 0.74 of it when a 6-epoch warm-up ends). Here the decay starts
+    after warm-up, as the cosine does, so `lr` is the real peak and `min_lr_ratio` is the same final
+    fraction for every scheduler; the curve is otherwise WeSpeaker's (a straight line in log-LR).
+    """
+    if not 0.0 < min_ratio <= 1.0:  # a negative base would give complex powers, 0 a cliff to 0
+        raise ValueError(f"warmup_exponential: min_ratio must be in (0, 1], got {min_ratio!r}")
+    if warmup > 0 and t < warmup:
+        return t / warmup
+    span = max(total - warmup, 1e-12)
+    progress = min(max((t - warmup) / span, 0.0), 1.0)
+    return min_ratio**progress
+
+
+def step_decay(t: float, warmup: float, step_epochs: float, gamma: float) -> float:
+    """LR factor at training progress `t`: linear warm-up, then ``gamma`` every `step_epochs` after it.
+
+    voxceleb_trainer's StepLR (step_size epochs, gamma per step), counted from the end of warm-up so
+    the first decay comes a full `step_epochs` after the peak. No floor: the LR keeps decaying.
+    """
+    if step_epochs <= 0:
+        raise ValueError(f"step_decay: step_epochs must be > 0, got {step_epochs!r}")
+    if warmup > 0 and t < warmup:
+        return t / warmup
+    return gamma ** math.floor(max(t - warmup, 0.0) / step_epochs)
+
+
+def lr_factor(cfg: TrainConfig, t: float) -> float:
+    """Multiplier of :func:`peak_lr` at progress `t` (fractional epochs completed) under `cfg.scheduler`.
+
+    One entry point, so the trainer sets ``lr = peak_lr(cfg) * lr_factor(cfg, t)`` whatever schedule the
+    config chose, and a resumed run recomputes the same LR from its progress alone.
+    """
+    if cfg.scheduler == "cosine":
+        return warmup_cosine(t, cfg.epochs, cfg.warmup_epochs, cfg.min_lr_ratio)
+    if cfg.scheduler == "exp":
+        return warmup_exponential(t, cfg.epochs, cfg.warmup_epochs, cfg.min_lr_ratio)
+    if cfg.scheduler == "step":
+        return step_decay(t, cfg.warmup_epochs, cfg.step_epochs, cfg.step_gamma)
+    raise ValueError(f"lr_factor: unknown scheduler {cfg.scheduler!r} (expected cosine, exp or step)")
+
+
+def peak_lr(cfg: TrainConfig) -> float:
+    """Peak learning rate: `cfg.lr`, times ``global_batch / lr_reference_batch`` when that is set.
+
+    The linear scaling rule (Goyal et al., 2017) lets a recipe tuned at one batch size keep working
+    when the batch grows with the number of GPUs; with ``lr_reference_batch == 0`` `lr` is taken as is.
+    """
+    if cfg.lr_reference_batch > 0:
+        return cfg.lr * cfg.global_batch / cfg.lr_reference_batch
+    return cfg.lr
 
 
 _EXP_FLOOR = 1e-3  # WeSpeaker's MarginScheduler: the remaining gap shrinks from 1 to 1e-3 over the ramp

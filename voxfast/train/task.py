@@ -7,10 +7,12 @@ so every speed switch of the loop is written once.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -20,12 +22,20 @@ class Task(Protocol):
         """The module that is optimised (for a speaker task: embedding network plus margin head)."""
         ...
 
-    def train_batches(self, epoch: int) -> Iterable[dict[str, Any]]:
-        """The micro-batches of one epoch; `len()` must be defined for progress and scheduling."""
+    def train_batches(self, epoch: int, skip: int = 0) -> Iterable[dict[str, Any]]:
+        """The micro-batches of one epoch after its first `skip` (a resumed run); `len()` counts those left.
+
+        The same epoch must give the same batches every time (seeded by the epoch), so a run resumed
+        mid-epoch continues exactly as the interrupted one would have. Every batch holds a "label" entry
+        whose length is its number of samples.
+        """
         ...
 
     def training_step(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
-        """Move the batch to `device`, run the model and return {"loss", "output", "n"} (n = samples)."""
+        """Move the batch to `device`, run the model and return {"loss", "output", "n"} (n = samples).
+
+        May add "correct" (a device tensor: top-1 hits), which the trainer logs as accuracy.
+        """
         ...
 
     def on_step(self, model: nn.Module, progress: float) -> dict[str, float]:
@@ -35,6 +45,27 @@ class Task(Protocol):
         """
         ...
 
+    def split_batch(self, batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
+        """Optional: `batch` as `parts` smaller batches (after out-of-memory); default :func:`split_batch`."""
+        ...
+
     def evaluate(self, model: nn.Module, device: torch.device, out_dir: Path) -> dict[str, float]:
         """Validation figures (for a speaker task: EER and minDCF on the trial list)."""
         ...
+
+
+def split_batch(batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
+    """Cut every per-sample entry (arrays and tensors whose first axis has the batch's length, nested dicts
+    included) into `parts` nearly equal consecutive pieces; other entries are copied, counts ("failed") kept
+    in the first piece only so they are not counted twice."""
+    n = len(batch["label"])
+    bounds = np.linspace(0, n, parts + 1).round().astype(int)
+    return [_slice(batch, n, int(a), int(b), first=i == 0) for i, (a, b) in enumerate(itertools.pairwise(bounds))]
+
+
+def _slice(value: Any, n: int, a: int, b: int, first: bool) -> Any:
+    if isinstance(value, dict):
+        return {k: (v if first else 0) if k == "failed" else _slice(v, n, a, b, first) for k, v in value.items()}
+    if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim > 0 and len(value) == n:
+        return value[a:b]
+    return value

@@ -1,8 +1,14 @@
-"""The training loop, written once for every task: precision, accumulation, clipping, checkpoints, logs.
+"""The training loop, written once for every task: precision, accumulation, DDP, robustness, checkpoints, logs.
 
-Speed rules kept here: one autocast context (GradScaler only for fp16), gradients set to None, the loss
-read back from the device only every `log_every` steps (no host sync per step), and data-wait time
-measured apart from compute so a slow loader shows in every log line.
+Speed rules kept here: one autocast context (GradScaler only for fp16), gradients set to None, `no_sync()`
+on non-final micro-steps under DDP, fused optimizers that skip a non-finite step on the device, and the loss
+read back from the device only every `log_every` steps, so no step waits for the GPU. Data-wait time is
+measured apart from compute, so a slow loader shows in every log line.
+
+Robustness: a non-finite step is skipped and counted (`max_nonfinite` in a row abort), CUDA out-of-memory
+halves the micro-batch and doubles accumulation (global batch kept), SIGINT/SIGTERM write `last.pt` and stop
+after the current step, and `last.pt` holds the full state (sampler position, RNG per rank) so a resumed run
+continues exactly where the killed one stopped.
 """
 
 from __future__ import annotations
@@ -11,33 +17,39 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
+import signal
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from voxfast.config import TrainConfig
+from voxfast.errors import ConfigError, VoxfastError
 from voxfast.progress import progress_bar
-from voxfast.train.checkpoint import load_checkpoint, save_checkpoint
-from voxfast.train.schedule import warmup_cosine
-from voxfast.train.task import Task
+from voxfast.train.checkpoint import BestTracker, load_checkpoint, prune_checkpoints, save_checkpoint
+from voxfast.train.distributed import DistInfo, any_rank, rank_device
+from voxfast.train.optim import build_optimizer, step_skipping_nonfinite
+from voxfast.train.schedule import lr_factor, peak_lr
+from voxfast.train.task import Task, split_batch
 
 log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return rank_device(name, DistInfo())
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto` picks fp16 on CUDA, and bf16 on a CPU only when it has native bf16 (AVX512-BF16/AMX).
+    """`auto` picks bf16 (or fp16) on CUDA, and bf16 on a CPU only when it has native bf16 (AVX512-BF16/AMX).
 
     On CPUs without it, bf16 autocast is emulated and slower than fp32, so auto stays in fp32 there.
     """
@@ -49,33 +61,77 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if ("BF16" in capability or "AMX" in capability) else "fp32"
 
 
+def configure_backends(cfg: TrainConfig) -> None:
+    """TF32, cuDNN autotuning and deterministic algorithms: process-wide switches, set once per run."""
+    precision = "tf32" if cfg.tf32 and not cfg.deterministic else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = precision
+    torch.backends.cudnn.conv.fp32_precision = precision
+    torch.backends.cudnn.benchmark = cfg.cudnn_benchmark and not cfg.deterministic
+    torch.backends.cudnn.deterministic = cfg.deterministic
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic GEMMs
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-class Trainer:
-    """Optimises `task.build_model()` with AdamW under the settings of a TrainConfig."""
+def accumulation_steps(cfg: TrainConfig, world: int) -> int:
+    """Micro-steps per optimizer step: global_batch / (micro_batch x processes), which must divide evenly."""
+    per_step = cfg.micro_batch * world
+    if cfg.global_batch % per_step:
+        raise ConfigError(f"train.global_batch ({cfg.global_batch}) must be a multiple of train.micro_batch x "
+                          f"processes ({cfg.micro_batch} x {world} = {per_step})")
+    return cfg.global_batch // per_step
 
-    def __init__(self, task: Task, cfg: TrainConfig, out_dir: str | Path, extra_state: dict[str, Any] | None = None):
-        self.task = task
-        self.cfg = cfg
-        self.out_dir = Path(out_dir)
+
+class Trainer:
+    """Optimises `task.build_model()` under the settings of a TrainConfig, on one process or under torchrun."""
+
+    def __init__(self, task: Task, cfg: TrainConfig, out_dir: str | Path, extra_state: dict[str, Any] | None = None,
+                 dist_info: DistInfo | None = None, profile: tuple[int, int] | None = None) -> None:
+        self.task, self.cfg, self.out_dir = task, cfg, Path(out_dir)
         self.extra_state = extra_state or {}
-        self.device = resolve_device(cfg.device)
+        self.dist = dist_info or DistInfo()
+        self.device = rank_device(cfg.device, self.dist)
         self.precision = resolve_precision(cfg.precision, self.device)
+        self.accum = accumulation_steps(cfg, self.dist.world)
+        configure_backends(cfg)
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
-        seed_everything(cfg.seed)
-        self.model = task.build_model().to(self.device)
-        self.accum = cfg.global_batch // cfg.micro_batch
-        self.optimizer = torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
+        seed_everything(cfg.seed)  # the same initial weights on every rank
+        self.module = task.build_model().to(self.device)  # the plain module: what checkpoints hold
+        if cfg.channels_last:
+            self.module = self.module.to(memory_format=torch.channels_last)
+        self.model = self._wrap(self.module)  # what the forward runs: compiled, then DDP
+        if self.dist.enabled:
+            seed_everything(cfg.seed + 1_000_003 * self.dist.rank)  # per-rank randomness (dropout, etc.)
+        self.optimizer = build_optimizer(self.module, cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.epoch = 0
-        self.step = 0
+        self.epoch = self.step = self.batch_in_epoch = 0  # batch_in_epoch: micro-batches done in this epoch
+        self.split = 1  # each micro-batch runs as `split` pieces after out-of-memory errors
         self.skipped_files = 0
+        self.best = BestTracker("min")
+        zero = torch.zeros((), device=self.device)
+        self._bad = {"total": zero.clone(), "run": zero.clone(), "max_run": zero.clone()}  # non-finite steps
+        self._signal_seen: str | None = None  # by this process
+        self._stop_signal: str | None = None  # agreed by all ranks: the loop stops after this step
+        self._profile = profile
+        self._profiler: torch.profiler.profile | None = None
+        self._tb: Any = None
         self.metrics_file = self.out_dir / "metrics.jsonl"
+
+    # ------------------------------------------------------------------------------------------- setup
+
+    def _wrap(self, module: nn.Module) -> nn.Module:
+        model = torch.compile(module) if self.cfg.compile else module  # compile before DDP, as DDP expects
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=ids)
+        return model
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
@@ -83,153 +139,439 @@ class Trainer:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def fit(self) -> dict[str, Any]:
-        """Train from the current epoch to `cfg.epochs`, checkpointing after every epoch."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        log.info("training on %s, precision %s, %d epochs, steps of %d samples (%d x %d accumulated)",
-                 self.device, self.precision, self.cfg.epochs, self.cfg.global_batch, self.cfg.micro_batch, self.accum)
-        start, samples = time.perf_counter(), 0
-        while self.epoch < self.cfg.epochs:
-            samples += self._train_epoch()
-            self.epoch += 1
-            self.save(self.out_dir / "checkpoints" / f"epoch_{self.epoch:03d}.pt")
-        minutes = (time.perf_counter() - start) / 60
-        return {"train_minutes": minutes, "train_samples_per_s": samples / max(minutes * 60, 1e-9),
-                "steps": self.step, "skipped_files": self.skipped_files}
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
 
-    def _train_epoch(self) -> int:
-        """One epoch; the LR follows fractional epochs, since epochs may differ in their number of batches."""
+    # ------------------------------------------------------------------------------------------- loop
+
+    def fit(self, max_steps: int | None = None) -> dict[str, Any]:
+        """Train to `cfg.epochs` (or `max_steps` more steps); returns throughput, counts and how it ended."""
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._tb = _tensorboard(self.out_dir) if self.cfg.tensorboard else None
+        log.info("training on %s x %d, precision %s, %d epochs, steps of %d samples (%d x %d x %d processes)",
+                 self.device, self.dist.world, self.precision, self.cfg.epochs, self.cfg.global_batch,
+                 self.cfg.micro_batch, self.accum, self.dist.world)
+        start, samples, wait, stop_at = time.perf_counter(), 0, 0.0, None
+        if max_steps is not None:
+            stop_at = self.step + max_steps
+        with _stop_on_signals(self):
+            while self.epoch < self.cfg.epochs and not self._stopping(stop_at):
+                done, waited = self._train_epoch(stop_at)
+                samples, wait = samples + done, wait + waited
+                if self.batch_in_epoch == 0:  # the epoch ran to its end
+                    self._end_epoch()
+        if self._stop_signal:
+            self.save(self.checkpoint_dir / "last.pt")
+            log.warning("stopped by %s after step %d; resume with --resume %s", self._stop_signal, self.step,
+                        self.checkpoint_dir / "last.pt")
+        self._close()
+        seconds = max(time.perf_counter() - start, 1e-9)
+        return {"train_minutes": seconds / 60, "train_samples_per_s": samples * self.dist.world / seconds,
+                "data_wait_pct": 100.0 * wait / seconds, "steps": self.step, "skipped_files": self.skipped_files,
+                "nonfinite_steps": int(self._bad["total"].item()), "micro_batch": self.cfg.micro_batch // self.split,
+                "interrupted": self._stop_signal}
+
+    def _stopping(self, stop_at: int | None) -> bool:
+        return self._stop_signal is not None or (stop_at is not None and self.step >= stop_at)
+
+    def _train_epoch(self, stop_at: int | None) -> tuple[int, float]:
+        """One epoch from micro-batch `batch_in_epoch`; the LR follows fractional epochs (epochs differ in length)."""
         self.model.train()
-        batches = self.task.train_batches(self.epoch)
-        steps = max(len(batches) // self.accum, 1)
-        window, epoch_samples, micro = _Window(self.device, self.epoch), 0, []
-        started, skipped_before = time.perf_counter(), self.skipped_files
-        bar = progress_bar(len(batches) // self.accum, f"epoch {self.epoch + 1}/{self.cfg.epochs}")
-        it = iter(batches)
-        while True:
-            waited = time.perf_counter()
-            batch = next(it, None)
-            window.wait += time.perf_counter() - waited
-            if batch is None:
-                break
+        skip = self.batch_in_epoch
+        batches = self.task.train_batches(self.epoch, skip)
+        steps = max((skip + len(batches)) // self.accum, 1)
+        window, epoch_samples, micro = _Window(self.device, self.epoch + skip / self.accum / steps), 0, []
+        epoch_loss = _Window(self.device, 0.0)  # totals of the whole epoch, for best.pt
+        started, wait_total, skipped_before = time.perf_counter(), 0.0, self.skipped_files
+        bar = progress_bar(steps - skip // self.accum, f"epoch {self.epoch + 1}/{self.cfg.epochs}", self.dist.is_main)
+        for batch, waited in _timed(batches):
+            window.wait, wait_total = window.wait + waited, wait_total + waited
             self.skipped_files += int(batch.get("failed", 0))
             micro.append(batch)
             if len(micro) < self.accum:
                 continue
-            progress = self.epoch + min(window.steps_in_epoch + 1, steps) / steps  # epochs done after this step
-            self._set_lr(warmup_cosine(progress, self.cfg.epochs, self.cfg.warmup_epochs, self.cfg.min_lr_ratio))
-            hook = getattr(self.task, "on_step", None)
-            window.extra = hook(self.model, progress) if hook is not None else {}
-            loss, n = self.train_step(micro)
+            progress = self.epoch + min(self.batch_in_epoch // self.accum + 1, steps) / steps  # epochs after step
+            window.extra = self._before_step(progress)
+            result = self.train_step(micro)
+            self.batch_in_epoch += len(micro)
             micro = []
-            window.add(loss, n, progress)
-            epoch_samples += n
             self.step += 1
+            window.add(*result, progress)
+            epoch_loss.add(*result, progress)
+            epoch_samples += result[2]
             bar.update(1)
+            self._after_step(window)
             if self.step % self.cfg.log_every == 0:
-                self._log(window)
-                window = _Window(self.device, progress, window.steps_in_epoch)
+                window = _Window(self.device, progress)
+            if self._stopping(stop_at):
+                bar.close()
+                return epoch_samples, wait_total
         bar.close()
+        self.batch_in_epoch = 0
         seconds = time.perf_counter() - started
-        log.info("epoch %d/%d: %d samples in %.0f s (%.1f samples/s), %d unreadable files skipped", self.epoch + 1,
-                 self.cfg.epochs, epoch_samples, seconds, epoch_samples / max(seconds, 1e-9),
+        log.info("epoch %d/%d: %d samples in %.0f s (%.1f samples/s), %d non-finite steps skipped in the run, "
+                 "%d unreadable files skipped", self.epoch + 1, self.cfg.epochs, epoch_samples, seconds,
+                 epoch_samples * self.dist.world / max(seconds, 1e-9), int(self._bad["total"].item()),
                  self.skipped_files - skipped_before)
-        return epoch_samples
+        self._epoch_loss = (epoch_loss.loss_total, epoch_loss.n_total)
+        return epoch_samples, wait_total
 
-    def train_step(self, micro_batches: list[dict[str, Any]]) -> tuple[torch.Tensor, int]:
-        """One optimizer step over accumulated micro-batches; returns the mean loss (on device) and samples."""
-        n_total = sum(len(b["label"]) for b in micro_batches)
+    def _before_step(self, progress: float) -> dict[str, float]:
+        """LR and task schedules (margin) for the coming step; starts the profiler at its first step."""
+        lr = peak_lr(self.cfg) * lr_factor(self.cfg, progress)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self._profile and self.step + 1 == self._profile[0]:
+            self._profiler = _start_profiler(self.device)
+        hook = getattr(self.task, "on_step", None)
+        return hook(self.module, progress) if hook is not None else {}
+
+    def _after_step(self, window: _Window) -> None:
+        if not self.dist.enabled:
+            self._stop_signal = self._signal_seen
+        if self._profiler is not None and self._profile and self.step >= self._profile[1]:
+            self._stop_profiler()
+        if self.step % self.cfg.log_every == 0:
+            self._check_nonfinite()
+            self._log(window)
+            # Ranks must stop at the same step: they agree on a signal every log_every steps.
+            if self.dist.enabled and any_rank(self._signal_seen is not None, self.dist, self.device):
+                self._stop_signal = self._signal_seen or "a signal on another rank"
+        if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+            self.save(self.checkpoint_dir / "last.pt")
+
+    def train_step(self, micro_batches: list[dict[str, Any]]) -> _StepResult:
+        """One optimizer step over accumulated micro-batches, retried in smaller pieces after out-of-memory.
+
+        Returns (loss sum over finite steps, samples in that sum, samples, top-1 hits or None): device tensors
+        except the sample count, so nothing here waits for the device.
+        """
+        while True:
+            try:
+                return self._step(micro_batches)
+            except torch.OutOfMemoryError:
+                self._halve_micro_batch(micro_batches)
+
+    def _step(self, micro_batches: list[dict[str, Any]]) -> _StepResult:
+        pieces = [p for b in micro_batches for p in self._pieces(b)]
+        pieces = [p for p in pieces if len(p["label"])]
+        n_total = sum(len(p["label"]) for p in pieces)
         loss_sum = torch.zeros((), device=self.device)
-        for batch in micro_batches:
-            if len(batch["label"]) == 0:
-                continue
-            with self.autocast():
-                out = self.task.training_step(self.model, batch, self.device)
-            # Weight by the micro-batch's share so accumulation equals one large batch.
-            self.scaler.scale(out["loss"] * (out["n"] / n_total)).backward()
-            loss_sum += out["loss"].detach() * out["n"]
-        if self.cfg.clip_grad_norm > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        correct: torch.Tensor | None = None
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_sum / max(n_total, 1), n_total
+        for i, piece in enumerate(pieces):
+            with self._sync_grads(i == len(pieces) - 1):
+                with self.autocast():
+                    out = self.task.training_step(self.model, piece, self.device)
+                # Weight by the piece's share so accumulation equals one large batch.
+                self.scaler.scale(out["loss"] * (out["n"] / n_total)).backward()
+            loss_sum += out["loss"].detach().float() * out["n"]
+            if "correct" in out:
+                correct = out["correct"].detach() + (0 if correct is None else correct)
+        found_inf = self._clip_and_check()
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)  # skips non-finite steps itself, and lowers the scale
+            self.scaler.update()
+        else:
+            step_skipping_nonfinite(self.optimizer, found_inf)
+        self.optimizer.zero_grad(set_to_none=True)
+        ok = 1.0 - found_inf
+        self._count_nonfinite(found_inf)
+        return torch.where(ok > 0, loss_sum, 0.0), ok * n_total, n_total, correct
+
+    def _pieces(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        if self.split == 1:
+            return [batch]
+        splitter = getattr(self.task, "split_batch", None)
+        return splitter(batch, self.split) if splitter is not None else split_batch(batch, self.split)
+
+    def _sync_grads(self, final: bool) -> contextlib.AbstractContextManager:
+        """DDP all-reduces gradients on the final micro-step only; earlier ones accumulate locally."""
+        if self.dist.enabled and not final:
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
+    def _clip_and_check(self) -> torch.Tensor:
+        """Unscale (fp16), clip, and flag a non-finite gradient norm as a 0-d float tensor (1.0) on the device.
+
+        The norm is taken after DDP's all-reduce, so every rank reaches the same verdict.
+        """
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)
+        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+        if self.cfg.clip_grad_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_([p for p in self.module.parameters() if p.grad is not None],
+                                                  self.cfg.clip_grad_norm, foreach=True)
+        else:
+            norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+        return (~torch.isfinite(norm)).float().reshape(())
+
+    def _count_nonfinite(self, found_inf: torch.Tensor) -> None:
+        bad = self._bad
+        bad["total"] += found_inf
+        bad["run"] = (bad["run"] + found_inf) * found_inf
+        bad["max_run"] = torch.maximum(bad["max_run"], bad["run"])
+
+    def _check_nonfinite(self) -> None:
+        """Abort when `max_nonfinite` steps in a row were non-finite (read every log_every steps)."""
+        worst = int(self._bad["max_run"].item())
+        self._bad["max_run"] = self._bad["run"].clone()
+        if worst >= self.cfg.max_nonfinite:
+            raise VoxfastError(
+                f"{worst} optimizer steps in a row had a non-finite loss or gradient (by step {self.step}); "
+                "training diverged: lower train.lr, keep train.clip_grad_norm > 0, prefer bf16 to fp16, and check "
+                "the data for NaN audio"
+            )
+
+    def _halve_micro_batch(self, micro_batches: list[dict[str, Any]]) -> None:
+        """Out of memory: run every micro-batch as twice as many pieces from now on (global batch unchanged)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        smallest = min(len(b["label"]) for b in micro_batches)
+        if self.dist.enabled or smallest < 2 * self.split:
+            why = "under DDP the ranks cannot re-split in step" if self.dist.enabled else "at 1 sample per piece"
+            raise VoxfastError(f"out of memory with micro-batch {smallest // self.split} ({why}); lower "
+                               "train.micro_batch or run `voxfast tune` to find one that fits")
+        self.split *= 2
+        log.warning("out of memory: micro-batch %d -> %d, accumulation %d -> %d (global batch %d kept)",
+                    self.cfg.micro_batch // (self.split // 2), self.cfg.micro_batch // self.split,
+                    self.accum * self.split // 2, self.accum * self.split, self.cfg.global_batch)
+
+    # ------------------------------------------------------------------------------------------- epochs
+
+    def _end_epoch(self) -> None:
+        """Epoch checkpoint, last.pt and best.pt (lowest mean training loss), then prune to keep_last."""
+        total, n = self._epoch_loss
+        sums = torch.stack([total, n])
+        if self.dist.enabled:
+            dist.all_reduce(sums)
+        mean = float(sums[0] / sums[1].clamp_min(1))
+        self.epoch += 1
+        path = self.checkpoint_dir / f"epoch_{self.epoch:03d}.pt"
+        self.save(path, aliases=("last.pt", *(("best.pt",) if self.best.is_better(mean) else ())))
+        if self.dist.is_main:
+            prune_checkpoints(self.checkpoint_dir, self.cfg.keep_last)
 
     def evaluate(self) -> dict[str, float]:
         self.model.eval()
         with torch.inference_mode(), self.autocast():
-            return self.task.evaluate(self.model, self.device, self.out_dir)
+            return self.task.evaluate(self.module, self.device, self.out_dir)
 
-    def save(self, path: str | Path) -> None:
-        save_checkpoint(
-            {
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "epoch": self.epoch,
-                "step": self.step,
-                "train_config": asdict(self.cfg),
-                "torch_rng": torch.get_rng_state(),
-                **self.extra_state,
-            },
-            path,
-        )
+    # ------------------------------------------------------------------------------------------- state
+
+    def save(self, path: str | Path, aliases: tuple[str, ...] = ()) -> None:
+        """Write the full training state (rank 0), plus hard-linked aliases (last.pt, best.pt) beside it.
+
+        Collective under DDP: every rank contributes its RNG state, so a resumed run draws as before.
+        """
+        rng = [_rng_state()]
+        if self.dist.enabled:
+            rng = [None] * self.dist.world
+            dist.all_gather_object(rng, _rng_state())
+        if not self.dist.is_main:
+            return
+        state = {
+            "model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step,
+            "batch_in_epoch": self.batch_in_epoch, "split": self.split, "skipped_files": self.skipped_files,
+            "nonfinite": {k: v.cpu() for k, v in self._bad.items()}, "best": self.best.state_dict(),
+            "rng": rng, "world": self.dist.world, "train_config": asdict(self.cfg), **self.extra_state,
+        }
+        path = Path(path)
+        save_checkpoint(state, path)
+        for alias in aliases:
+            _link(path, path.with_name(alias))
 
     def load(self, path: str | Path) -> None:
-        """Continue from a checkpoint written by :meth:`save` (model, optimizer, scaler, counters)."""
+        """Continue exactly from a checkpoint written by :meth:`save` (weights, optimizer, position, RNG)."""
         state = load_checkpoint(path, self.device)
-        self.model.load_state_dict(state["model"])
+        self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = state["epoch"], state["step"]
-        torch.set_rng_state(state["torch_rng"].cpu())
+        self.batch_in_epoch = state.get("batch_in_epoch", 0)
+        self.split = state.get("split", 1)
+        self.skipped_files = state.get("skipped_files", 0)
+        self._bad = {k: v.to(self.device) for k, v in state.get("nonfinite", self._bad).items()}
+        if "best" in state:
+            self.best.load_state_dict(state["best"])
+        rng = state.get("rng")
+        if rng:
+            if len(rng) != self.dist.world:
+                log.warning("%s was written by %d processes, this run has %d: RNG streams restart per rank", path,
+                            len(rng), self.dist.world)
+            _set_rng_state(rng[self.dist.rank % len(rng)])
+        log.info("resumed from %s: epoch %d, step %d, micro-batch %d of the epoch", path, self.epoch + 1, self.step,
+                 self.batch_in_epoch)
 
-    def _set_lr(self, factor: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.cfg.lr * factor
+    # ------------------------------------------------------------------------------------------- logs
 
     def _log(self, window: _Window) -> None:
-        loss = float(window.loss) / max(window.samples, 1)  # the one host sync every log_every steps
+        if not self.dist.is_main:
+            return
+        loss = float(window.loss_total) / max(float(window.n_total), 1.0)  # the one host sync per log_every steps
         elapsed = max(time.perf_counter() - window.start, 1e-9)
-        sps = window.samples / elapsed
+        sps = window.samples * self.dist.world / elapsed
         eta = (self.cfg.epochs - window.progress) * elapsed / max(window.progress - window.start_progress, 1e-9)
         lr = self.optimizer.param_groups[0]["lr"]
-        record = {"step": self.step, "epoch": self.epoch + 1, "loss": loss, "lr": lr, **window.extra,
-                  "samples_per_s": sps, "data_wait_pct": 100.0 * window.wait / elapsed, "eta_s": eta}
-        extra = "".join(f" {k} {v:.3g}" for k, v in window.extra.items())
-        log.info("step %d (epoch %d/%d) loss %.3f lr %.2e%s %.0f samples/s data-wait %.0f%% eta %s", self.step,
-                 self.epoch + 1, self.cfg.epochs, loss, lr, extra, sps, record["data_wait_pct"], _fmt_eta(eta))
+        record: dict[str, Any] = {"step": self.step, "epoch": self.epoch + 1, "loss": loss}
+        if window.has_correct:
+            record["acc"] = float(window.correct) / max(window.samples, 1)
+        record.update({"lr": lr, **window.extra, "samples_per_s": sps,
+                       "data_wait_pct": 100.0 * window.wait / elapsed, "eta_s": eta,
+                       "nonfinite_steps": int(self._bad["total"].item())})
+        if self.device.type == "cuda":
+            record["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        log.info("step %d (epoch %d/%d) %s eta %s", self.step, self.epoch + 1, self.cfg.epochs,
+                 " ".join(f"{_LABELS.get(k, k)} {_fmt(k, v)}" for k, v in record.items()
+                          if k not in ("step", "epoch", "eta_s")), _fmt_eta(eta))
         with open(self.metrics_file, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for key, value in record.items():
+                if key not in ("step", "epoch"):
+                    self._tb.add_scalar(f"train/{key}", value, self.step)
+
+    def _stop_profiler(self) -> None:
+        assert self._profiler is not None and self._profile is not None
+        self._profiler.__exit__(None, None, None)
+        name = f"profile_steps_{self._profile[0]}-{self._profile[1]}_rank{self.dist.rank}.json"
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._profiler.export_chrome_trace(str(self.out_dir / name))
+        log.info("profiler trace of steps %d-%d: %s (open in chrome://tracing or Perfetto)", *self._profile,
+                 self.out_dir / name)
+        self._profiler = None
+
+    def _close(self) -> None:
+        if self._profiler is not None:
+            self._stop_profiler()
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+_StepResult = tuple[torch.Tensor, torch.Tensor, int, "torch.Tensor | None"]
 
 
 class _Window:
     """Running totals between two log lines; the loss stays on the device until the line is written."""
 
-    def __init__(self, device: torch.device, progress: float, steps_in_epoch: int = 0) -> None:
+    def __init__(self, device: torch.device, progress: float) -> None:
         self.start = time.perf_counter()
         self.start_progress = self.progress = progress  # in epochs
-        self.steps_in_epoch = steps_in_epoch
         self.wait = 0.0
         self.samples = 0
         self.extra: dict[str, float] = {}  # task schedule values (e.g. margin) at the latest step
-        self.loss = torch.zeros((), device=device)
+        self.loss_total = torch.zeros((), device=device)  # over finite steps only
+        self.n_total = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device)
+        self.has_correct = False
 
-    def add(self, mean_loss: torch.Tensor, n: int, progress: float) -> None:
-        self.loss += mean_loss.detach() * n
+    def add(self, loss_sum: torch.Tensor, n_ok: torch.Tensor, n: int, correct: torch.Tensor | None,
+            progress: float) -> None:
+        self.loss_total += loss_sum
+        self.n_total += n_ok
+        if correct is not None:
+            self.correct += correct
+            self.has_correct = True
         self.samples += n
-        self.steps_in_epoch += 1
         self.progress = progress
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on biases and normalisation parameters (1-D tensors), as is standard."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def _timed(batches: Any) -> Iterator[tuple[dict[str, Any], float]]:
+    """Each batch with the seconds spent waiting for it (the loader's share of the step time)."""
+    it = iter(batches)
+    while True:
+        started = time.perf_counter()
+        batch = next(it, None)
+        if batch is None:
+            return
+        yield batch, time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def _stop_on_signals(trainer: Trainer) -> Iterator[None]:
+    """SIGINT/SIGTERM ask the loop to stop after the current step; a second SIGINT interrupts at once."""
+    def request(signum: int, frame: Any) -> None:
+        if trainer._signal_seen is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        trainer._signal_seen = signal.Signals(signum).name
+        log.warning("%s received: finishing the current step, then writing a checkpoint", trainer._signal_seen)
+
+    try:
+        previous = {s: signal.signal(s, request) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _start_profiler(device: torch.device) -> torch.profiler.profile:
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    profiler = torch.profiler.profile(activities=activities, record_shapes=True)
+    profiler.__enter__()
+    return profiler
+
+
+def _tensorboard(out_dir: Path) -> Any:
+    """A SummaryWriter in <run>/tensorboard when tensorboard is installed; None (silently) otherwise."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.debug("tensorboard is not installed; metrics go to metrics.jsonl only")
+        return None
+    return SummaryWriter(str(out_dir / "tensorboard"))
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"].cpu())
+
+
+def _link(target: Path, alias: Path) -> None:
+    """Point `alias` at `target`'s file atomically: a hard link where the file system allows, else a copy."""
+    tmp = alias.with_name(f".{alias.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(target, tmp)
+    except OSError:
+        tmp.write_bytes(target.read_bytes())
+    os.replace(tmp, alias)
+
+
+_LABELS = {"samples_per_s": "samples/s", "data_wait_pct": "data-wait", "nonfinite_steps": "skipped-steps",
+           "gpu_mem_gb": "gpu-mem"}
+
+
+def _fmt(key: str, value: float) -> str:
+    if key == "lr":
+        return f"{value:.2e}"
+    if key == "data_wait_pct":
+        return f"{value:.0f}%"
+    if key == "gpu_mem_gb":
+        return f"{value:.1f}GB"
+    if key in ("samples_per_s", "nonfinite_steps"):
+        return f"{value:.0f}"
+    return f"{value:.3g}" if key != "loss" else f"{value:.3f}"
 
 
 def _fmt_eta(seconds: float) -> str:
