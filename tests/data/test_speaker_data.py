@@ -198,3 +198,42 @@ def test_resample_on_read_when_allowed(tmp_path):
     assert crop.shape == (1000,)
     spectrum = np.abs(np.fft.rfft(crop))
     assert abs(np.argmax(spectrum) * 16000 / 1000 - 440) <= 16  # still a 440 Hz tone at the new rate
+
+
+@pytest.mark.parametrize("dtype", ["int16", "float32"])
+def test_store_crops_converted_into_the_ring_equal_plain_crops(tmp_path, dtype):
+    """CPU augmentation converts a store crop straight into its ring row; the samples must not change."""
+    from voxfast.audio.store import PackedStore, pack_store
+    from voxfast.data.manifest import Utterance
+    from voxfast.data.speaker import StoreSource
+
+    utts = [Utterance(f"u{i}", f"s{i}", p) for i, p in enumerate(_files(tmp_path))]
+    pack_store(utts, tmp_path / "store", workers=0, progress=False, dtype=dtype)
+    source = StoreSource(PackedStore(tmp_path / "store"))
+    for index in range(len(source)):
+        out = np.full(12000, np.nan, dtype=np.float32)  # longer than the files: wraps
+        assert source.random_crop_into(index, item_rng(index), out) is out
+        np.testing.assert_array_equal(out, source.random_crop(index, 12000, item_rng(index)))
+
+
+def test_cpu_augmented_store_crops_equal_augment_numpy_of_the_same_draws(tmp_path):
+    from voxfast.audio.augment import AugmentSpec, NoiseBank, augment_numpy, draw_plan
+    from voxfast.audio.store import PackedStore, pack_store
+    from voxfast.data.manifest import Utterance
+    from voxfast.data.speaker import StoreSource
+
+    utts = [Utterance(f"u{i}", f"s{i}", p) for i, p in enumerate(_files(tmp_path))]
+    pack_store(utts, tmp_path / "store", workers=0, progress=False)
+    source = StoreSource(PackedStore(tmp_path / "store"))
+    rng = np.random.default_rng(0)
+    bank = NoiseBank.from_arrays(noise=[rng.standard_normal(3000)], speech=[rng.standard_normal(2500)] * 3,
+                                 music=[rng.standard_normal(4000)], rirs=[rng.standard_normal(300)])
+    spec = AugmentSpec()
+    labels = list(range(6))
+    ds = _crops(source, labels, augment=(spec, bank))
+    for index in range(6):
+        ds[(index, 100 + index, 0, index)]
+        draw = item_rng(100 + index)
+        crop = source.random_crop(index, 1000, draw)
+        expected = augment_numpy(crop, draw_plan(draw, spec, bank, 1000), bank)
+        np.testing.assert_array_equal(ds.ring.buffer[0, index].numpy(), expected)

@@ -100,6 +100,15 @@ class StoreSource:
     def random_crop(self, index: int, num_samples: int, rng: np.random.Generator) -> np.ndarray:
         return self.store.random_crop(index, num_samples, rng)
 
+    def random_crop_into(self, index: int, rng: np.random.Generator, out: np.ndarray) -> np.ndarray:
+        """:meth:`random_crop` of len(out) samples written into `out` (float32): one pass, no temporary array."""
+        raw = self.store.random_crop_raw(index, len(out), rng)
+        if self.store.dtype == "int16":
+            np.multiply(raw, np.float32(INT16_SCALE), out=out)
+        else:
+            out[:] = raw
+        return out
+
     def random_crop_int16(self, index: int, num_samples: int, rng: np.random.Generator) -> np.ndarray:
         if self.store.dtype != "int16":
             raise ValueError(f"store {self.store.path} holds {self.store.dtype}, not int16")  # set up by the caller
@@ -217,24 +226,30 @@ class TrainCrops(Dataset):
     def __getitem__(self, key: tuple[int, int, int, int]) -> tuple[int, int, Plan | None]:
         index, draw_seed, slot, row = key
         rng = item_rng(draw_seed)
+        augment_here = self.augment is not None and not self.augment_on_device
+        out = self.ring.row(slot, row) if augment_here else None  # CPU augmentation works in the ring row
         try:
-            wave, label = self._crop(index, rng)
+            wave, label = self._crop(index, rng, out)
         except AudioLoadError as exc:
             self._failed(exc)
             return slot, -1, None
         self._consecutive = 0
-        plan = None
-        if self.augment is not None:
-            spec, bank = self.augment
-            plan = draw_plan(rng, spec, bank, self.num_samples)
-            if not self.augment_on_device:
-                augment_numpy(wave, plan, bank, out=self.ring.row(slot, row))
-                return slot, label, None
+        if self.augment is None:
+            self.ring.write(slot, row, wave)
+            return slot, label, None
+        spec, bank = self.augment
+        plan = draw_plan(rng, spec, bank, self.num_samples)
+        if out is not None:
+            augment_numpy(wave, plan, bank, out=out)
+            return slot, label, None
         self.ring.write(slot, row, wave)
         return slot, label, plan
 
-    def _crop(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    def _crop(self, index: int, rng: np.random.Generator, out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+        """The crop and its label; a store's float crop is converted straight into `out` when given."""
         label = int(self.labels[index])
+        if out is not None and not self.speed_perturb and isinstance(self.source, StoreSource):
+            return self.source.random_crop_into(index, rng, out), label
         if self.int16:
             return self.source.random_crop_int16(index, self.num_samples, rng), label
         if not self.speed_perturb:
