@@ -100,6 +100,7 @@ class TrainConfig:
     log_every: int = 10  # optimizer steps between log lines (the only host syncs of the loop)
     checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints (0: at epoch ends only)
     keep_last: int = 3  # epoch checkpoints kept besides best.pt and last.pt (0 keeps all)
+    validate_every: int = 0  # epochs between validations on eval.trials (0: none); best.pt then follows the EER
     tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
     out_dir: str = "runs/demo"  # run folder: resolved config, checkpoints, scores, metrics
     threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
@@ -351,6 +352,7 @@ def _check_values(cfg: Config) -> list[str]:
         "train.momentum": cfg.train.momentum,
         "train.checkpoint_every": cfg.train.checkpoint_every,
         "train.keep_last": cfg.train.keep_last,
+        "train.validate_every": cfg.train.validate_every,
         "eval.max_seconds": cfg.eval.max_seconds,
         "head.margin": cfg.head.margin,
     }

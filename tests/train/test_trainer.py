@@ -266,3 +266,24 @@ def test_split_batch_cuts_per_sample_entries_and_counts_failures_once():
     assert np.concatenate([p["rows"] for p in pieces]).tolist() == list(range(5))
     assert torch.cat([p["aug"]["kind"] for p in pieces]).tolist() == list(range(5))
     assert [p["failed"] for p in pieces] == [1, 0] and all(p["slot"] == 3 for p in pieces)
+
+
+def test_validation_every_epoch_picks_best_by_the_task_metric(tmp_path):
+    figures = iter([0.30, 0.10, 0.20])
+
+    class Validated(ToyTask):
+        best_metric = ("err", "min")
+
+        def evaluate(self, model, device, out_dir):
+            assert not model.training
+            return {"err": next(figures), "threshold": 0.5}
+
+    cfg = toy_config(epochs=3, validate_every=1, keep_last=0)
+    trainer = Trainer(Validated(cfg.micro_batch, cfg.global_batch), cfg, tmp_path / "run")
+    trainer.fit()
+    folder = tmp_path / "run" / "checkpoints"
+    best = load_checkpoint(folder / "best.pt")
+    assert best["epoch"] == 2 and best["validation"] == {"err": 0.10, "threshold": 0.5}
+    assert load_checkpoint(folder / "last.pt")["validation"]["err"] == 0.20
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["validation"]["err"] for x in lines if "validation" in x] == [0.30, 0.10, 0.20]

@@ -62,6 +62,8 @@ def build_embedder(cfg: Config) -> nn.Module:
 class SpeakerTask:
     """Trains on a VoxCeleb-style list with random crops; validates by EER on a trial list."""
 
+    best_metric = ("eer", "min")  # what best.pt follows when train.validate_every is set
+
     def __init__(self, cfg: Config, rank: int = 0, world: int = 1) -> None:
         self.cfg = cfg
         source, speaker_names, origin = _training_source(cfg)
@@ -202,7 +204,11 @@ def score_trials(embedder: nn.Module, cfg: Config, device: torch.device, out_dir
 
 def load_embedder(path: str | Path, device: torch.device) -> tuple[nn.Module, Config]:
     """The embedding network and its config from a training checkpoint (the head is dropped)."""
-    state = load_checkpoint(path, device)
+    return embedder_from_state(load_checkpoint(path, device), path, device)
+
+
+def embedder_from_state(state: dict[str, Any], path: str | Path, device: torch.device) -> tuple[nn.Module, Config]:
+    """:func:`load_embedder` for a checkpoint already in memory (`path` names it in messages)."""
     if "config" not in state:
         raise VoxfastError(f"{path}: not a speaker checkpoint (no config inside); pass one written by `voxfast train`")
     cfg = load_config_dict(state["config"])

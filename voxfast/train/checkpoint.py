@@ -33,6 +33,13 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+def record_validation(path: str | Path, figures: dict[str, Any]) -> None:
+    """Store an evaluation's figures (EER threshold included) in a checkpoint, for `voxfast.load(...).verify`."""
+    state = load_checkpoint(path)
+    state["validation"] = dict(figures)
+    save_checkpoint(state, path)
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():

@@ -114,7 +114,9 @@ class Trainer:
         self.epoch = self.step = self.batch_in_epoch = 0  # batch_in_epoch: micro-batches done in this epoch
         self.split = 1  # each micro-batch runs as `split` pieces after out-of-memory errors
         self.skipped_files = 0
-        self.best = BestTracker("min")
+        metric, mode = getattr(task, "best_metric", ("loss", "min")) if cfg.validate_every else ("train_loss", "min")
+        self.best = BestTracker(mode, metric)  # best.pt: the task's validation metric, else the training loss
+        self.validation: dict[str, Any] = {}  # figures of the latest validation, saved in checkpoints
         zero = torch.zeros((), device=self.device)
         self._bad = {"total": zero.clone(), "run": zero.clone(), "max_run": zero.clone()}  # non-finite steps
         self._signal_seen: str | None = None  # by this process
@@ -343,17 +345,44 @@ class Trainer:
     # ------------------------------------------------------------------------------------------- epochs
 
     def _end_epoch(self) -> None:
-        """Epoch checkpoint, last.pt and best.pt (lowest mean training loss), then prune to keep_last."""
+        """Epoch checkpoint, last.pt and best.pt, then prune to keep_last.
+
+        With `validate_every`, best.pt is the checkpoint of the best validation figure (the task's
+        `best_metric`, EER for speakers), judged on validation epochs only; without, the lowest mean loss.
+        """
+        value = self._epoch_figure()
+        self.epoch += 1
+        if self.cfg.validate_every:
+            value = self._validate() if self.epoch % self.cfg.validate_every == 0 else None
+        better = value is not None and self.best.is_better(value)
+        self.save(self.checkpoint_dir / f"epoch_{self.epoch:03d}.pt", aliases=("last.pt", *(("best.pt",) * better)))
+        if self.dist.is_main:
+            prune_checkpoints(self.checkpoint_dir, self.cfg.keep_last)
+
+    def _epoch_figure(self) -> float:
+        """Mean training loss of the epoch over all ranks (every rank reaches the same best.pt verdict)."""
         total, n = self._epoch_loss
         sums = torch.stack([total, n])
         if self.dist.enabled:
             dist.all_reduce(sums)
-        mean = float(sums[0] / sums[1].clamp_min(1))
-        self.epoch += 1
-        path = self.checkpoint_dir / f"epoch_{self.epoch:03d}.pt"
-        self.save(path, aliases=("last.pt", *(("best.pt",) if self.best.is_better(mean) else ())))
+        return float(sums[0] / sums[1].clamp_min(1))
+
+    def _validate(self) -> float | None:
+        """Rank 0 evaluates (e.g. EER on the trial list); every rank receives the figures."""
+        result: list[Any] = [self.evaluate() if self.dist.is_main else None]
+        if self.dist.enabled:
+            dist.broadcast_object_list(result, src=0)
+        self.validation = dict(result[0])
+        figures = {k: v for k, v in self.validation.items() if isinstance(v, int | float)}
+        log.info("validation after epoch %d: %s", self.epoch, " ".join(f"{k} {v:.4g}" for k, v in figures.items()))
         if self.dist.is_main:
-            prune_checkpoints(self.checkpoint_dir, self.cfg.keep_last)
+            with open(self.metrics_file, "a") as f:
+                f.write(json.dumps({"step": self.step, "epoch": self.epoch, "validation": figures}) + "\n")
+            if self._tb is not None:
+                for key, value in figures.items():
+                    self._tb.add_scalar(f"validation/{key}", value, self.step)
+        value = self.validation.get(self.best.metric)
+        return float(value) if isinstance(value, int | float) else None
 
     def evaluate(self) -> dict[str, float]:
         self.model.eval()
@@ -378,7 +407,8 @@ class Trainer:
             "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step,
             "batch_in_epoch": self.batch_in_epoch, "split": self.split, "skipped_files": self.skipped_files,
             "nonfinite": {k: v.cpu() for k, v in self._bad.items()}, "best": self.best.state_dict(),
-            "rng": rng, "world": self.dist.world, "train_config": asdict(self.cfg), **self.extra_state,
+            "rng": rng, "world": self.dist.world, "train_config": asdict(self.cfg), "validation": self.validation,
+            **self.extra_state,
         }
         path = Path(path)
         save_checkpoint(state, path)
@@ -398,6 +428,7 @@ class Trainer:
         self._bad = {k: v.to(self.device) for k, v in state.get("nonfinite", self._bad).items()}
         if "best" in state:
             self.best.load_state_dict(state["best"])
+        self.validation = state.get("validation", {})
         rng = state.get("rng")
         if rng:
             if len(rng) != self.dist.world:

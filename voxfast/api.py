@@ -1,0 +1,84 @@
+"""The Python API: verify two recordings in one line.
+
+    >>> import voxfast
+    >>> model = voxfast.load("runs/demo/checkpoints/best.pt")
+    >>> model.verify("a.wav", "b.wav")          # True when the cosine score reaches the stored threshold
+    >>> model.score(wave_a, wave_b, sr=8000)     # arrays are resampled to the model's rate
+
+The threshold is the EER threshold of the checkpoint's last evaluation on a trial list (training with
+`train.validate_every`, the evaluation after `voxfast train`, or `voxfast eval --checkpoint`), so `verify`
+makes the decision that evaluation measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+
+from voxfast.audio.io import read_audio, resample
+from voxfast.errors import VoxfastError
+from voxfast.train.checkpoint import load_checkpoint
+from voxfast.train.trainer import resolve_device
+
+Audio = str | Path | np.ndarray | torch.Tensor
+
+
+class SpeakerModel:
+    """A trained embedding network with its sample rate and decision threshold."""
+
+    def __init__(self, embedder: torch.nn.Module, sample_rate: int, device: torch.device,
+                 threshold: float | None = None) -> None:
+        self.embedder = embedder.eval()
+        self.sample_rate = sample_rate
+        self.device = device
+        self.threshold = threshold
+
+    def embed(self, audio: Audio | Sequence[Audio], sr: int | None = None) -> np.ndarray:
+        """L2-normalised float32 embedding (D,) of a file or waveform; (N, D) for a list of them.
+
+        Waveforms are 1-D float arrays at `sr` Hz (default: the model's rate); files are read whole and
+        resampled when their rate differs.
+        """
+        if isinstance(audio, list | tuple):
+            return np.stack([self.embed(a, sr) for a in audio]) if audio else np.zeros((0, 0), np.float32)
+        wave = torch.from_numpy(self._waveform(audio, sr)).to(self.device)
+        with torch.inference_mode():
+            emb = self.embedder(wave[None])
+        return F.normalize(emb.float(), dim=1)[0].cpu().numpy()
+
+    def score(self, a: Audio, b: Audio, sr: int | None = None) -> float:
+        """Cosine similarity of the two embeddings (the score the trial lists are evaluated with)."""
+        return float(np.dot(self.embed(a, sr), self.embed(b, sr)))
+
+    def verify(self, a: Audio, b: Audio, sr: int | None = None, threshold: float | None = None) -> bool:
+        """Same speaker? `score >= threshold`, by default the EER threshold stored in the checkpoint."""
+        threshold = self.threshold if threshold is None else threshold
+        if threshold is None:
+            raise VoxfastError("this checkpoint holds no decision threshold: evaluate it on a trial list first "
+                               "(`voxfast eval --checkpoint CKPT --trials T`) or pass threshold=")
+        return self.score(a, b, sr) >= threshold
+
+    def _waveform(self, audio: Audio, sr: int | None) -> np.ndarray:
+        if isinstance(audio, str | Path):
+            rate = sf.info(str(audio)).samplerate
+            return resample(read_audio(audio), rate, self.sample_rate)
+        wave = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
+        if wave.ndim != 1 or wave.size == 0:
+            raise VoxfastError(f"expected a non-empty 1-D waveform, got an array of shape {wave.shape}")
+        return resample(wave.astype(np.float32, copy=False), sr or self.sample_rate, self.sample_rate)
+
+
+def load(checkpoint: str | Path, device: str = "auto") -> SpeakerModel:
+    """The embedding network of a `voxfast train` checkpoint, ready to embed, score and verify."""
+    from voxfast.tasks.speaker import embedder_from_state
+
+    dev = resolve_device(device)
+    state = load_checkpoint(checkpoint, "cpu")
+    embedder, cfg = embedder_from_state(state, checkpoint, dev)
+    threshold = (state.get("validation") or {}).get("eer_threshold")
+    return SpeakerModel(embedder, cfg.data.sample_rate, dev, None if threshold is None else float(threshold))
