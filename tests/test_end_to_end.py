@@ -45,7 +45,8 @@ def test_score_and_eval_commands_reproduce_the_training_evaluation(trained_run, 
     run = trained_run / "run"
     out = trained_run / "rescored"
     capsys.readouterr()
-    assert main(["score", str(run / "checkpoints" / "epoch_002.pt"), "--out", str(out), "--device", "cpu"]) == 0
+    assert main(["score", str(trained_run / "data" / "trials.txt"), "--checkpoint",
+                 str(run / "checkpoints" / "epoch_002.pt"), "--out", str(out / "scores.txt"), "--device", "cpu"]) == 0
     _, original = read_scores(run / "scores.txt")
     _, rescored = read_scores(out / "scores.txt")
     np.testing.assert_allclose(rescored, original, atol=1e-5)

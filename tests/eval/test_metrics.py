@@ -8,14 +8,18 @@ the linear interpolation between consecutive operating points, minDCF the minimu
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import random
+import sys
 from fractions import Fraction
 
 import numpy as np
 import pytest
 
+from voxfast.cli import main
 from voxfast.errors import VoxfastError
+from voxfast.eval.det import det_curve, plot_det
 from voxfast.eval.metrics import compute_eer, compute_min_dcf, error_rates, verification_metrics
 
 # --------------------------------------------------------------------------------------------------
@@ -60,6 +64,16 @@ def ref_min_dcf(scores, labels, p, c_miss=1.0, c_fa=1.0):
     return min(ref_dcf(m, f, p, c_miss, c_fa) for _, m, f in ref_points(scores, labels))
 
 
+def ref_min_dcf_threshold(scores, labels, p, c_miss=1.0, c_fa=1.0):
+    """Threshold of the first (lowest) operating point with the minimal (unnormalised) cost."""
+    points = ref_points(scores, labels)
+    costs = [c_miss * float(m) * p + c_fa * float(f) * (1 - p) for _, m, f in points]
+    t = points[costs.index(min(costs))][0]
+    if t == -math.inf:  # accepting everything: the same point as the lowest score
+        return min(scores)
+    return float(np.nextafter(max(scores), np.inf)) if t == math.inf else t
+
+
 def check_against_reference(scores, labels):
     scores_arr, labels_arr = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=np.int64)
     eer, thr = compute_eer(scores_arr, labels_arr)
@@ -73,8 +87,8 @@ def check_against_reference(scores, labels):
         dcf, dcf_thr = compute_min_dcf(scores_arr, labels_arr, p, c_miss, c_fa)
         want = ref_min_dcf(scores, labels, p, c_miss, c_fa)
         assert dcf == pytest.approx(want, rel=1e-12, abs=1e-12)
-        # The returned threshold really attains the minimum.
-        assert ref_dcf(*ref_rates_at(scores, labels, dcf_thr), p, c_miss, c_fa) == pytest.approx(want, rel=1e-12)
+        # The returned threshold is the lowest operating point attaining the minimum.
+        assert dcf_thr == ref_min_dcf_threshold(scores, labels, p, c_miss, c_fa)
 
 
 def random_trials(rng: random.Random, n: int, decimals: int, p_target: float = 0.5):
@@ -124,6 +138,73 @@ def test_heavy_imbalance_one_target():
     non = [round(rng.gauss(0, 1), 2) for _ in range(1000)]
     for target_score in (-5.0, non[3], 0.0, 1.5, 5.0):
         check_against_reference([target_score, *non], [1] + [0] * 1000)
+
+
+def float_reference(scores, labels):
+    """(EER, EER threshold, {p: minDCF}) by a Python loop over every distinct score, counting in float64.
+
+    The same definition as :func:`ref_points`, with numpy counts per threshold so that 10 000 trials take
+    a fraction of a second.
+    """
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
+    tar, non = scores[labels], scores[~labels]
+    points = []
+    for t in [*np.unique(scores), np.inf]:
+        points.append((t, np.count_nonzero(tar < t) / tar.size, np.count_nonzero(non >= t) / non.size))
+    dcf = {p: min(m * p + f * (1 - p) for _, m, f in points) / min(p, 1 - p) for p in (0.01, 0.05)}
+    for (t0, m0, f0), (_, m1, f1) in itertools.pairwise(points):
+        if m1 >= f1:
+            return m0 + (f0 - m0) / ((m1 - m0) - (f1 - f0)) * (m1 - m0), t0, dcf
+    raise AssertionError("curves never cross")
+
+
+def check_against_float_reference(scores, labels):
+    eer, thr, dcf = float_reference(scores, labels)
+    out = verification_metrics(np.asarray(scores), np.asarray(labels))
+    assert out["eer"] == pytest.approx(100 * eer, abs=1e-10)
+    assert out["eer_threshold"] == thr
+    for p in (0.01, 0.05):
+        assert out[f"min_dcf_{p:g}"] == pytest.approx(dcf[p], rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("target_is_single", [True, False])
+def test_heavy_imbalance_one_against_ten_thousand(target_is_single):
+    rng = np.random.default_rng(8)
+    many = np.round(rng.normal(size=10_000), 2)
+    for single in (-5.0, many[3], 0.0, 1.5, 5.0):
+        scores = np.append(single, many)
+        labels = np.zeros(10_001, dtype=np.int64)
+        labels[0] = 1
+        check_against_float_reference(scores, labels if target_is_single else 1 - labels)
+
+
+@pytest.mark.parametrize("target_fraction", [0.02, 0.5, 0.98])
+def test_large_tied_lists_match_float_reference(target_fraction):
+    rng = np.random.default_rng(int(target_fraction * 100))
+    labels = (rng.random(5000) < target_fraction).astype(np.int64)
+    scores = np.round(rng.normal(size=5000) + 1.5 * labels, 2)
+    check_against_float_reference(scores, labels)
+
+
+def test_float32_scores_give_the_float64_result():
+    rng = np.random.default_rng(9)
+    labels = rng.random(20_000) < 0.3
+    scores = (np.round(rng.normal(size=20_000), 3) + labels).astype(np.float32)
+    assert verification_metrics(scores, labels) == verification_metrics(scores.astype(np.float64), labels)
+
+
+@pytest.mark.parametrize("target_fraction", [0.01, 0.5, 0.9])
+def test_eer_agrees_with_sklearn_roc_curve_without_ties(target_fraction):
+    roc_curve = pytest.importorskip("sklearn.metrics").roc_curve
+    brentq = pytest.importorskip("scipy.optimize").brentq
+    rng = np.random.default_rng(10)
+    labels = (rng.random(50_000) < target_fraction).astype(np.int64)
+    scores = rng.normal(size=50_000) + 2.0 * labels
+    assert np.unique(scores).size == scores.size
+    fpr, tpr, _ = roc_curve(labels, scores)
+    # The usual ROC-based EER: where the piecewise-linear ROC meets the line P_fa = P_miss.
+    want = brentq(lambda x: 1.0 - x - np.interp(x, fpr, tpr), 0.0, 1.0)
+    assert verification_metrics(scores, labels)["eer"] == pytest.approx(100 * want, abs=1e-4)
 
 
 def test_perfect_separation_gives_zero():
@@ -243,6 +324,7 @@ def test_verification_metrics_combines_single_metrics():
         "min_dcf_0.01",
         "min_dcf_0.05",
         "min_dcf_0.001",
+        "n_trials",
         "n_target",
         "n_nontarget",
     }
@@ -250,13 +332,14 @@ def test_verification_metrics_combines_single_metrics():
     assert out["eer_threshold"] == thr
     for p in (0.01, 0.05, 0.001):
         assert out[f"min_dcf_{p:g}"] == compute_min_dcf(scores, labels, p)[0]
+    assert out["n_trials"] == 300
     assert out["n_target"] == int(labels.sum())
     assert out["n_nontarget"] == int((~labels).sum())
 
 
 def test_default_keys():
     out = verification_metrics(np.array([0.1, 0.9]), np.array([0, 1]))
-    assert set(out) == {"eer", "eer_threshold", "min_dcf_0.01", "min_dcf_0.05", "n_target", "n_nontarget"}
+    assert set(out) == {"eer", "eer_threshold", "min_dcf_0.01", "min_dcf_0.05", "n_trials", "n_target", "n_nontarget"}
 
 
 def test_bool_and_int_labels_agree():
@@ -304,3 +387,108 @@ def test_invalid_costs_raise(p, c_miss, c_fa):
 def test_invalid_prior_in_verification_metrics_raises():
     with pytest.raises(VoxfastError, match="p_target"):
         verification_metrics(np.array([0.1, 0.9]), np.array([0, 1]), p_targets=(0.01, 2.0))
+
+
+# --------------------------------------------------------------------------------------------------
+# DET curve.
+
+
+def test_det_curve_is_monotone_from_accept_all_to_reject_all():
+    rng = np.random.default_rng(12)
+    labels = rng.random(3000) < 0.2
+    scores = np.round(rng.normal(size=3000) + 2 * labels, 2)
+    p_miss, p_fa = det_curve(scores, labels)
+    assert (p_miss[0], p_fa[0]) == (0.0, 1.0)
+    assert (p_miss[-1], p_fa[-1]) == (1.0, 0.0)
+    assert np.all(np.diff(p_miss) >= 0) and np.all(np.diff(p_fa) <= 0)
+    assert p_miss.size == np.unique(scores).size + 1
+    # The curve crosses the diagonal at the reported EER (between two of its points).
+    eer = compute_eer(scores, labels)[0]
+    j = int(np.argmax(p_miss >= p_fa))
+    assert min(p_miss[j - 1], p_fa[j]) <= eer <= max(p_fa[j - 1], p_miss[j])
+
+
+def test_plot_det_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    rng = np.random.default_rng(13)
+    labels = rng.random(200_000) < 0.5
+    curves, eers = {}, {}
+    for name, shift in (("good", 4.0), ("weak", 1.0)):
+        scores = (rng.normal(size=labels.size) + shift * labels).astype(np.float32)
+        curves[name] = det_curve(scores, labels)
+        eers[name] = verification_metrics(scores, labels)["eer"] / 100
+    path = tmp_path / "det.png"
+    plot_det(path, curves, eers)
+    assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 10_000
+
+
+def test_plot_det_without_matplotlib_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    with pytest.raises(VoxfastError, match=r"pip install 'voxfast\[plot\]'"):
+        plot_det(tmp_path / "det.png", {"a": (np.array([0.0, 1.0]), np.array([1.0, 0.0]))})
+    assert not (tmp_path / "det.png").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# `voxfast eval`.
+
+TRIALS = "1 a b\n0 a c\n1 c d\n0 b d\n1 e f\n0 e a\n"
+SCORES = ["a b 0.9", "a c 0.1", "c d 0.4", "b d 0.5", "e f 0.7", "e a 0.2"]
+
+
+def run_eval(tmp_path, capsys, scores, trials=TRIALS, *extra):
+    (tmp_path / "trials.txt").write_text(trials)
+    (tmp_path / "scores.txt").write_text("\n".join(scores) + "\n")
+    rc = main(["eval", str(tmp_path / "scores.txt"), "--trials", str(tmp_path / "trials.txt"), *extra])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_eval_matches_pairs_in_any_order_and_any_trial_format(tmp_path, capsys):
+    rc, out, _ = run_eval(tmp_path, capsys, SCORES, TRIALS, "--json")
+    assert rc == 0
+    want = json.loads(out)
+    values = np.array([float(line.split()[2]) for line in SCORES])
+    labels = np.array([int(line.split()[0]) for line in TRIALS.splitlines()])
+    assert want == verification_metrics(values, labels)
+    kaldi = "".join(f"{e} {t} {'target' if lab == '1' else 'nontarget'}\n"
+                    for lab, e, t in (line.split() for line in TRIALS.splitlines()))
+    shuffled = ["# written by another toolkit", *SCORES[::-1]]
+    for trials in (TRIALS, kaldi):
+        rc, out, _ = run_eval(tmp_path, capsys, shuffled, trials, "--json", "--out", str(tmp_path / "run"))
+        assert rc == 0 and json.loads(out) == want
+        assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == want
+
+
+def test_eval_prints_every_figure(tmp_path, capsys):
+    rc, out, _ = run_eval(tmp_path, capsys, SCORES)
+    assert rc == 0
+    for text in ("EER", "minDCF (p=0.01)", "minDCF (p=0.05)", "threshold at EER", "6 (3 target, 3 non-target)"):
+        assert text in out
+
+
+def test_eval_of_an_unlabelled_list_counts_scores_only(tmp_path, capsys):
+    unlabelled = "".join(" ".join(line.split()[1:]) + "\n" for line in TRIALS.splitlines())
+    rc, out, _ = run_eval(tmp_path, capsys, SCORES, unlabelled)
+    assert rc == 0 and "6 scores" in out and "no labels" in out and "%" not in out
+    rc, _, err = run_eval(tmp_path, capsys, SCORES, unlabelled, "--det", str(tmp_path / "det.png"))
+    assert rc == 2 and "unlabelled" in err
+
+
+@pytest.mark.parametrize(
+    ("scores", "where", "problem"),
+    [
+        (["# header", "a b 0.9", "x y 0.3", *SCORES[1:]], "scores.txt:3:", "'x y' is not in the trial list"),
+        ([*SCORES, "", "c d 0.8"], "scores.txt:8:", "'c d' is scored twice (first on line 3)"),
+        ([SCORES[0], *SCORES[2:]], "trials.txt:2:", "'a c' has no score"),
+    ],
+)
+def test_eval_names_the_first_mismatching_line(tmp_path, capsys, scores, where, problem):
+    rc, _, err = run_eval(tmp_path, capsys, scores)
+    assert rc == 2 and where in err and problem in err
+
+
+def test_eval_writes_a_det_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    rc, _, _ = run_eval(tmp_path, capsys, SCORES, TRIALS, "--det", str(tmp_path / "det.png"))
+    assert rc == 0 and (tmp_path / "det.png").stat().st_size > 0

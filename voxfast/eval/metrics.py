@@ -7,18 +7,25 @@ when several trials share a score the result depends on the order the sort happe
 Here a run of equal scores is accepted or rejected as a whole, so the result is a function of the
 (score, label) multiset only. On lists without ties both definitions agree.
 
-Everything is vectorised over one sort of the scores, so 10 M trials take a couple of seconds.
-
 Operating points (``G`` = number of distinct scores, ``u_0 < ... < u_{G-1}`` those scores), ``j = 0..G``:
 point ``j`` rejects every trial with a score below ``thresholds[j]`` and accepts the rest, where
 ``thresholds[j] = u_j`` for ``j < G`` and ``thresholds[G]`` is the smallest float above ``u_{G-1}``.
 Point 0 therefore accepts everything (P_miss = 0, P_fa = 1) and point ``G`` rejects everything
 (P_miss = 1, P_fa = 0).
+
+Speed: each trial's score is sorted once, within its class (two sorts of disjoint halves cost less than one
+sort of the whole, and float32 scores are sorted as float32, which is exact and twice as fast as float64).
+The counts of either class below any score are then binary searches. EER and minDCF never materialise the
+``G + 1`` operating points: the EER crossing is found by bisection, and minDCF is evaluated only where it can
+be minimal (see :func:`_dcf_candidates`). EER + two minDCFs of 10 M float32 trials take about 0.5 s (1 % targets)
+to 1 s (50 %) on two cores, the sorts being most of it.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,8 +37,8 @@ __all__ = ["compute_eer", "compute_min_dcf", "error_rates", "verification_metric
 def _validate(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Check one score per trial, finite scores, 0/1 labels and both classes present.
 
-    Returns float64 scores (so ties and interpolation are not distorted by float32 rounding of the
-    cumulative rates) and boolean labels.
+    Returns float32 scores as they are (float32 -> float64 is exact and order-preserving, so ties and
+    order are the same either way) and every other real dtype as float64, plus boolean labels.
     """
     scores = np.asarray(scores)
     labels = np.asarray(labels)
@@ -44,7 +51,8 @@ def _validate(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
         )
     if not (np.issubdtype(scores.dtype, np.floating) or np.issubdtype(scores.dtype, np.integer)):
         raise VoxfastError(f"scores must be real numbers, got dtype {scores.dtype}")
-    scores = scores.astype(np.float64, copy=False)
+    if scores.dtype != np.float32:
+        scores = scores.astype(np.float64, copy=False)
     if not np.isfinite(scores).all():
         bad = np.flatnonzero(~np.isfinite(scores))
         raise VoxfastError(
@@ -68,7 +76,7 @@ def _validate_labels(labels: np.ndarray) -> np.ndarray:
             f"labels must be 0/1 integers or booleans, got dtype {labels.dtype} "
             "(unlabelled trials cannot be scored; use a trial list with labels)"
         )
-    n_target = int(is_target.sum())
+    n_target = int(np.count_nonzero(is_target))
     if n_target == 0:
         raise VoxfastError(
             "trial list has no target trials; EER needs both target and non-target trials "
@@ -82,36 +90,39 @@ def _validate_labels(labels: np.ndarray) -> np.ndarray:
     return is_target
 
 
-def _rates_from_valid(scores: np.ndarray, is_target: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Operating points from validated inputs: counts of each class below every distinct score.
+@dataclass(frozen=True)
+class _SortedTrials:
+    """The scores of each class, sorted: every count the metrics need is a binary search in these two arrays."""
 
-    A value sort plus a binary search of the smaller class is about 3x faster than ``argsort`` on
-    10 M trials, and never looks at the order inside a tie run.
-    """
-    sorted_scores = np.sort(scores)
-    # Last index of each run of equal scores: the only places an operating point may sit.
-    group_end = np.append(np.flatnonzero(sorted_scores[1:] != sorted_scores[:-1]), sorted_scores.size - 1)
-    distinct = sorted_scores[group_end]
-    n_target = int(is_target.sum())
-    n_nontarget = scores.size - n_target
-    count_targets = n_target <= n_nontarget
-    minority = np.sort(scores[is_target if count_targets else ~is_target])
-    per_group = np.bincount(np.searchsorted(distinct, minority), minlength=distinct.size)
-    minority_rejected = np.concatenate(([0], np.cumsum(per_group)))
-    all_rejected = np.concatenate(([0], group_end + 1))
-    if count_targets:
-        target_rejected, nontarget_rejected = minority_rejected, all_rejected - minority_rejected
-    else:
-        target_rejected, nontarget_rejected = all_rejected - minority_rejected, minority_rejected
-    # Integer counts divided once, so the rates are exact quotients (P_fa is not computed as 1 - x).
-    p_miss = target_rejected / n_target
-    p_fa = (n_nontarget - nontarget_rejected) / n_nontarget
-    thresholds = np.append(distinct, np.nextafter(distinct[-1], np.inf))
-    return thresholds, p_miss, p_fa
+    target: np.ndarray
+    nontarget: np.ndarray
+
+    @classmethod
+    def of(cls, scores: np.ndarray, is_target: np.ndarray) -> _SortedTrials:
+        return cls(np.sort(scores[is_target]), np.sort(scores[~is_target]))
+
+    def below(self, values: np.ndarray | np.generic, side: str = "left") -> tuple[np.ndarray, np.ndarray]:
+        """Targets and non-targets scoring below each value (``side="right"``: at or below)."""
+        return np.searchsorted(self.target, values, side), np.searchsorted(self.nontarget, values, side)
+
+    def rates(self, target_below: np.ndarray, nontarget_below: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(P_miss, P_fa) when those counts are rejected; exact quotients of integers (P_fa is not 1 - x)."""
+        n_nontarget = self.nontarget.size
+        return target_below / self.target.size, (n_nontarget - nontarget_below) / n_nontarget
+
+    def reject_all_threshold(self) -> float:
+        """The smallest float above every score: the threshold of the point that rejects everything."""
+        return float(np.nextafter(max(float(self.target[-1]), float(self.nontarget[-1])), np.inf))
+
+    def next_above(self, target_at_or_below: int, nontarget_at_or_below: int) -> float:
+        """The lowest score above a point that leaves these counts at or below it (reject-all when none)."""
+        above = [float(a[k]) for a, k in ((self.target, target_at_or_below), (self.nontarget, nontarget_at_or_below))
+                 if k < a.size]
+        return min(above) if above else self.reject_all_threshold()
 
 
 def error_rates(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Miss and false-alarm rates at every operating point between distinct scores.
+    """Miss and false-alarm rates at every operating point between distinct scores (the DET curve).
 
     Args:
         scores: one score per trial, higher meaning "same speaker".
@@ -125,18 +136,107 @@ def error_rates(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.
     Raises:
         VoxfastError: lengths differ, a score is not finite, a label is not 0/1, or one class is absent.
     """
-    return _rates_from_valid(*_validate(scores, labels))
+    trials = _SortedTrials.of(*_validate(scores, labels))
+    # A stable sort of two concatenated sorted runs is a linear merge (timsort finds the runs).
+    merged = np.sort(np.concatenate((trials.target, trials.nontarget)), kind="stable")
+    distinct = merged[np.append(merged[1:] != merged[:-1], True)]
+    target_below, nontarget_below = trials.below(distinct)
+    p_miss, p_fa = trials.rates(np.append(target_below, trials.target.size),
+                                np.append(nontarget_below, trials.nontarget.size))
+    thresholds = np.append(distinct.astype(np.float64), trials.reject_all_threshold())
+    return thresholds, p_miss, p_fa
 
 
-def _eer_from_rates(thresholds: np.ndarray, p_miss: np.ndarray, p_fa: np.ndarray) -> tuple[float, float]:
-    """Crossing of the piecewise-linear P_miss and P_fa curves, and the score of the group that crosses."""
-    # p_miss - p_fa is non-decreasing, negative at point 0 and positive at the last point.
-    j = int(np.argmax(p_miss >= p_fa))
-    gap_before = p_fa[j - 1] - p_miss[j - 1]  # > 0
-    gap_after = p_miss[j] - p_fa[j]  # >= 0
-    frac = gap_before / (gap_before + gap_after)
-    eer = p_miss[j - 1] + frac * (p_miss[j] - p_miss[j - 1])
-    return float(eer), float(thresholds[j - 1])
+def _eer(trials: _SortedTrials) -> tuple[float, float]:
+    """EER and threshold from the two operating points either side of the crossing, found by bisection.
+
+    P_miss - P_fa never decreases as the threshold rises, so the first distinct score at which
+    P_miss >= P_fa is, in each class's sorted scores, a bisection point; the lower of the two is the
+    crossing point ``j`` (or the reject-all point if neither class has one), and point ``j - 1`` is the
+    highest distinct score below it (point 0 never qualifies, so it exists).
+    """
+
+    def crossed(value: np.generic) -> bool:
+        p_miss, p_fa = trials.rates(*trials.below(value))
+        return bool(p_miss >= p_fa)
+
+    classes = (trials.target, trials.nontarget)
+    firsts = [a[k] for a in classes if (k := bisect.bisect_left(a, True, key=crossed)) < a.size]
+    if firsts:
+        crossing = min(firsts)
+        after = trials.rates(*trials.below(crossing))
+        previous = max(a[k - 1] for a in classes if (k := np.searchsorted(a, crossing)) > 0)
+    else:
+        after = (1.0, 0.0)
+        previous = max(trials.target[-1], trials.nontarget[-1])
+    miss_before, fa_before = trials.rates(*trials.below(previous))
+    miss_after, fa_after = after
+    gap_before = fa_before - miss_before  # > 0
+    gap_after = miss_after - fa_after  # >= 0
+    eer = miss_before + gap_before / (gap_before + gap_after) * (miss_after - miss_before)
+    return float(eer), float(previous)
+
+
+def _run_starts(sorted_scores: np.ndarray) -> np.ndarray:
+    """Index of the first element of each run of equal values (cheaper than ``np.unique``: no re-sort)."""
+    return np.flatnonzero(np.concatenate(([True], sorted_scores[1:] != sorted_scores[:-1])))
+
+
+@dataclass(frozen=True)
+class _DcfCandidates:
+    """The operating points where a DCF can be minimal, in threshold order (see :func:`_dcf_candidates`)."""
+
+    p_miss: np.ndarray
+    p_fa: np.ndarray
+    target_below: np.ndarray
+    nontarget_below: np.ndarray
+    targets_led: bool  # True: a point at each distinct target score, then reject-all
+    # False: accept-all, then a point just above each distinct non-target score
+
+
+def _dcf_candidates(trials: _SortedTrials) -> _DcfCandidates:
+    """Candidate minima of any DCF, built from the smaller class so that few points are evaluated.
+
+    Between two operating points that reject a target, P_miss is constant and P_fa strictly falls, so the
+    DCF is lowest at the last such point: the one whose threshold is a target score (plus reject-all).
+    Symmetrically, between two points that reject a non-target, P_fa is constant and P_miss strictly rises,
+    so the lowest is the first point: just above a non-target score (plus accept-all). Either set holds
+    the first point attaining the minimum, so the minimum and its (lowest) threshold are those of all points.
+    """
+    targets_led = trials.target.size <= trials.nontarget.size
+    if targets_led:
+        target_below = _run_starts(trials.target)
+        nontarget_below = np.searchsorted(trials.nontarget, trials.target[target_below])
+        target_below = np.append(target_below, trials.target.size)
+        nontarget_below = np.append(nontarget_below, trials.nontarget.size)
+    else:
+        starts = _run_starts(trials.nontarget)
+        # Counts at or below each distinct non-target score: the next run's start.
+        nontarget_below = np.append(0, np.append(starts[1:], trials.nontarget.size))
+        target_below = np.append(0, np.searchsorted(trials.target, trials.nontarget[starts], side="right"))
+    p_miss, p_fa = trials.rates(target_below, nontarget_below)
+    return _DcfCandidates(p_miss, p_fa, target_below, nontarget_below, targets_led)
+
+
+def _min_dcf(
+    trials: _SortedTrials, candidates: _DcfCandidates, p_target: float, c_miss: float, c_fa: float
+) -> tuple[float, float]:
+    """Minimum over the operating points of the detection cost, normalised by the best trivial system."""
+    dcf = c_miss * candidates.p_miss * p_target + c_fa * candidates.p_fa * (1.0 - p_target)
+    j = int(np.argmin(dcf))  # first (lowest-threshold) point on ties
+    c_default = min(c_miss * p_target, c_fa * (1.0 - p_target))
+    return float(dcf[j] / c_default), _candidate_threshold(trials, candidates, j)
+
+
+def _candidate_threshold(trials: _SortedTrials, candidates: _DcfCandidates, j: int) -> float:
+    """The threshold of candidate point ``j``."""
+    target_below, nontarget_below = int(candidates.target_below[j]), int(candidates.nontarget_below[j])
+    if candidates.targets_led:
+        at_end = target_below == trials.target.size
+        return trials.reject_all_threshold() if at_end else float(trials.target[target_below])
+    if j == 0:
+        return float(min(trials.target[0], trials.nontarget[0]))
+    return trials.next_above(target_below, nontarget_below)
 
 
 def _check_cost(p_target: float, c_miss: float, c_fa: float) -> None:
@@ -145,16 +245,6 @@ def _check_cost(p_target: float, c_miss: float, c_fa: float) -> None:
         raise VoxfastError(f"p_target must be strictly between 0 and 1, got {p_target}")
     if c_miss <= 0 or c_fa <= 0:
         raise VoxfastError(f"c_miss and c_fa must be positive, got c_miss={c_miss}, c_fa={c_fa}")
-
-
-def _min_dcf_from_rates(
-    thresholds: np.ndarray, p_miss: np.ndarray, p_fa: np.ndarray, p_target: float, c_miss: float, c_fa: float
-) -> tuple[float, float]:
-    """Minimum over the operating points of the detection cost, normalised by the best trivial system."""
-    dcf = c_miss * p_miss * p_target + c_fa * p_fa * (1.0 - p_target)
-    j = int(np.argmin(dcf))  # first (lowest-threshold) point on ties
-    c_default = min(c_miss * p_target, c_fa * (1.0 - p_target))
-    return float(dcf[j] / c_default), float(thresholds[j])
 
 
 def compute_eer(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -169,7 +259,7 @@ def compute_eer(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     Raises:
         VoxfastError: see :func:`error_rates`.
     """
-    return _eer_from_rates(*error_rates(scores, labels))
+    return _eer(_SortedTrials.of(*_validate(scores, labels)))
 
 
 def compute_min_dcf(
@@ -187,27 +277,28 @@ def compute_min_dcf(
         VoxfastError: bad inputs (see :func:`error_rates`), ``p_target`` outside (0, 1), non-positive costs.
     """
     _check_cost(p_target, c_miss, c_fa)
-    return _min_dcf_from_rates(*error_rates(scores, labels), p_target, c_miss, c_fa)
+    trials = _SortedTrials.of(*_validate(scores, labels))
+    return _min_dcf(trials, _dcf_candidates(trials), p_target, c_miss, c_fa)
 
 
 def verification_metrics(
     scores: np.ndarray, labels: np.ndarray, p_targets: Sequence[float] = (0.01, 0.05)
 ) -> dict[str, float | int]:
-    """EER (percent), its threshold and minDCF at each prior, sharing one sort of the scores.
+    """EER (percent), its threshold and minDCF at each prior, all from one sort of each class's scores.
 
     Returns a dict with keys ``eer`` (percent), ``eer_threshold``, ``min_dcf_<p>`` for each ``p`` in
-    ``p_targets`` (formatted with ``{p:g}``, e.g. ``min_dcf_0.01``), ``n_target`` and ``n_nontarget``.
-    Costs are ``c_miss = c_fa = 1`` as in the VoxCeleb evaluations.
+    ``p_targets`` (formatted with ``{p:g}``, e.g. ``min_dcf_0.01``), ``n_trials``, ``n_target`` and
+    ``n_nontarget``. Costs are ``c_miss = c_fa = 1`` as in the VoxCeleb evaluations.
     """
     for p in p_targets:
         _check_cost(p, 1.0, 1.0)
-    scores, is_target = _validate(scores, labels)
-    rates = _rates_from_valid(scores, is_target)
-    eer, eer_threshold = _eer_from_rates(*rates)
-    n_target = int(is_target.sum())
+    trials = _SortedTrials.of(*_validate(scores, labels))
+    eer, eer_threshold = _eer(trials)
     result: dict[str, float | int] = {"eer": 100.0 * eer, "eer_threshold": eer_threshold}
+    candidates = _dcf_candidates(trials)
     for p in p_targets:
-        result[f"min_dcf_{p:g}"] = _min_dcf_from_rates(*rates, p, 1.0, 1.0)[0]
-    result["n_target"] = n_target
-    result["n_nontarget"] = int(is_target.size - n_target)
+        result[f"min_dcf_{p:g}"] = _min_dcf(trials, candidates, p, 1.0, 1.0)[0]
+    result["n_trials"] = trials.target.size + trials.nontarget.size
+    result["n_target"] = trials.target.size
+    result["n_nontarget"] = trials.nontarget.size
     return result
