@@ -35,7 +35,7 @@ def test_load_restores_the_threshold_of_the_last_evaluation(run):
     metrics = json.loads((run / "run" / "metrics.json").read_text())
     assert model.threshold == pytest.approx(metrics["eer_threshold"])
     assert model.sample_rate == 16000
-    with pytest.raises(VoxfastError, match="holds no decision threshold.*voxfast eval --checkpoint"):
+    with pytest.raises(VoxfastError, match=r"holds no decision threshold.*voxfast eval --checkpoint"):
         voxfast.load(run / "run" / "checkpoints" / "epoch_001.pt", device="cpu").verify("a", "b")
 
 
