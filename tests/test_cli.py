@@ -11,7 +11,8 @@ COMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)
 
 
 def test_expected_commands_exist():
-    assert {"train", "demo", "make-demo-data", "score", "eval", "models"} <= set(COMMANDS)
+    assert {"train", "demo", "make-demo-data", "extract", "score", "eval", "models", "average-checkpoints",
+            "bench-loader", "bench-model", "bench-train", "bench-eval", "tune"} <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("command", COMMANDS)

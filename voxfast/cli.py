@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from voxfast.errors import VoxfastError
+from voxfast.tasks import TASKS, adapter, build_task
 
 log = logging.getLogger("voxfast")
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -42,8 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voxfast", description="Fast speaker-verification training and scoring.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a speaker model from a config", description=_cmd_train.__doc__)
+    p = sub.add_parser("train", help="train a speaker (or image, EEG) model from a config",
+                       description=_cmd_train.__doc__)
     _add_config_args(p)
+    p.add_argument("--task", choices=TASKS, default="speaker",
+                   help="what to train: speaker verification (default), image or EEG classification")
     p.add_argument("--resume", metavar="CKPT",
                    help="continue exactly from a checkpoint; `auto`: the run folder's checkpoints/last.pt if any")
     p.add_argument("--no-eval", action="store_true", help="skip scoring eval.trials after training")
@@ -65,8 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default: runs/demo-<date>-<time>)")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("make-demo-data", help="write the synthetic voice corpus", description=_cmd_make_data.__doc__)
+    p = sub.add_parser("make-demo-data", help="write the synthetic voice corpus (or image / EEG demo data)",
+                       description=_cmd_make_data.__doc__)
     p.add_argument("out", help="output folder")
+    p.add_argument("--task", choices=TASKS, default="speaker", help="which demo data (default: the voice corpus)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-speakers", type=int, default=40)
     p.add_argument("--test-speakers", type=int, default=20)
@@ -154,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="untimed steps first: worker start-up, compilation, autotuning (default 3)")
     p.add_argument("--no-compile", action="store_true",
                    help="speed preset without torch.compile (on a CPU one compilation takes 1-2 minutes)")
+    p.add_argument("--task", choices=TASKS, default="speaker",
+                   help="the task to time (image / eeg need their demo config or data)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=_cmd_bench_train)
 
@@ -201,7 +209,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not info.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     try:
-        summary, metrics = _train_and_score(cfg, Path(cfg.train.out_dir), args.resume, not args.no_eval, args.profile)
+        summary, metrics = _train_and_score(cfg, Path(cfg.train.out_dir), args.resume, not args.no_eval, args.profile,
+                                            args.task)
     finally:
         shutdown()
     if info.is_main:
@@ -262,9 +271,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _train_and_score(cfg: Any, out: Path, resume: str | None, evaluate: bool,
-                     profile: tuple[int, int] | None = None) -> tuple[dict, dict]:
+                     profile: tuple[int, int] | None = None, task_name: str = "speaker") -> tuple[dict, dict]:
     from voxfast.config import save_config
-    from voxfast.tasks.speaker import SpeakerTask
     from voxfast.train.checkpoint import record_validation
     from voxfast.train.distributed import env_info
     from voxfast.train.trainer import Trainer
@@ -273,7 +281,7 @@ def _train_and_score(cfg: Any, out: Path, resume: str | None, evaluate: bool,
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
-    task = SpeakerTask(cfg, info.rank, info.world)
+    task = build_task(task_name, cfg, info.rank, info.world)
     trainer = Trainer(task, cfg.train, out, task.checkpoint_extra(), info, profile)
     if resume == "auto":
         last = trainer.checkpoint_dir / "last.pt"
@@ -314,9 +322,16 @@ def _demo_table(r: dict[str, Any], out: Path) -> str:
 
 
 def _cmd_make_data(args: argparse.Namespace) -> int:
-    """Write the embedded synthetic corpus: speakers, train list, trial list, noise/speech/music banks, RIRs."""
+    """Write the embedded synthetic corpus: speakers, train list, trial list, noise/speech/music banks, RIRs.
+
+    With --task image or eeg: the synthetic classification data of that adapter instead.
+    """
     from voxfast.data.synthetic import CorpusSpec, make_corpus
 
+    if args.task != "speaker":
+        path = adapter(args.task).make_demo_data(args.out, seed=args.seed)
+        print(f"wrote {path}")
+        return 0
     spec = CorpusSpec(seed=args.seed, train_speakers=args.train_speakers, test_speakers=args.test_speakers,
                       train_utts=args.train_utts, test_utts=args.test_utts, workers=args.workers)
     if min(spec.train_speakers, spec.test_speakers) < 2 or min(spec.train_utts, spec.test_utts) < 2:
@@ -460,7 +475,8 @@ def _checkpoint_table(args: argparse.Namespace, trials: Sequence[Any]) -> tuple[
     ids = sorted({u for t in trials for u in (t.enroll, t.test)})
     emb = extract_embeddings(embedder, [str(root / u) for u in ids], device, cfg.data.sample_rate,
                              int(cfg.eval.max_seconds * cfg.data.sample_rate),
-                             num_workers=min(cfg.data.num_workers, 2), progress=True)
+                             num_workers=min(cfg.data.num_workers, 2), progress=True,
+                             batch_seconds=cfg.eval.batch_seconds)
     return ids, emb
 
 
@@ -701,10 +717,11 @@ def _cmd_bench_train(args: argparse.Namespace) -> int:
     )
 
     base = _load_config(args)
-    ensure_demo_corpus(base)
+    if args.task == "speaker":
+        ensure_demo_corpus(base)
     speed = speed_config(args.config, args.overrides, [_preset_path(p) for p in args.preset], _preset_path("speed"),
                          use_compile=not args.no_compile)
-    results = run_train_bench([(PLAIN, plain_config(base)), (SPEED, speed)], args.steps, args.warmup)
+    results = run_train_bench([(PLAIN, plain_config(base)), (SPEED, speed)], args.steps, args.warmup, args.task)
     print(format_train_results(results, args.json))
     return 0
 

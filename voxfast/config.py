@@ -115,6 +115,33 @@ class EvalConfig:
 
 
 @dataclass
+class ImageConfig:
+    data: str = "image_demo/images.npz"  # .npz with `images` (N,H,W[,C]) and `labels` (N,), or a class-per-folder tree
+    val_data: str | None = None  # separate validation file/folder (default: split val_fraction off `data`)
+    val_fraction: float = 0.1  # stratified by class, with train.seed
+    image_size: int = 32  # folder images are resized to image_size x image_size
+    crop_padding: int = 4  # random crop after zero-padding by this many pixels (on the device, in batch)
+    flip: bool = True  # random horizontal flips (on the device, in batch)
+    model: Literal["se_resnet_image"] = "se_resnet_image"  # SE-ResNet built from the speaker models' blocks
+    width: int = 32  # channels of the first stage (doubled per stage)
+    blocks: tuple[int, int, int] = (1, 1, 1)  # SE blocks per stage
+
+
+@dataclass
+class EEGConfig:
+    data: str = "eeg_demo/eeg.npz"  # .npz with `x` (N, channels, samples), `y` (N,), optional `groups`, `sfreq`;
+    # or a folder of EDF/BDF files with event annotations (optional extra: mne)
+    event_codes: tuple[str, ...] = ()  # EDF/BDF: annotation codes to cut windows at; label i = position in this list
+    window: tuple[float, float] = (0.0, 2.0)  # EDF/BDF: window start and end in seconds relative to each event
+    sfreq: float | None = None  # sampling rate; None: from the file (required there)
+    val_fraction: float = 0.2
+    split: Literal["group", "random"] = "group"  # group: no subject/run in both train and validation
+    bandpass: tuple[float, float] | None = None  # Hz, zero-phase Butterworth before standardisation
+    time_shift: int = 0  # max random shift in samples (augmentation, on the device)
+    model: Literal["eegnet", "se_resnet1d"] = "eegnet"
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -122,6 +149,8 @@ class Config:
     head: HeadConfig = field(default_factory=HeadConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)  # `voxfast train --task image`
+    eeg: EEGConfig = field(default_factory=EEGConfig)  # `voxfast train --task eeg`
 
 
 def load_config(
@@ -265,7 +294,10 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
 def _coerce_tuple(value: Any, args: tuple[Any, ...]) -> tuple[bool, Any]:
     """Fixed-length tuples: a YAML list, or `a,b` / `[a,b]` on the command line."""
     if isinstance(value, _OverrideText):
-        value = [_OverrideText(v.strip()) for v in value.strip("[]() ").split(",")]
+        text = value.strip("[]() ")
+        value = [_OverrideText(v.strip()) for v in text.split(",")] if text else []
+    if len(args) == 2 and args[1] is Ellipsis and isinstance(value, (list, tuple)):
+        args = (args[0],) * len(value)  # tuple[X, ...]: any length
     if not isinstance(value, (list, tuple)) or len(value) != len(args):
         return False, None
     out = []

@@ -189,7 +189,8 @@ def score_trials(embedder: nn.Module, cfg: Config, device: torch.device, out_dir
     index = {name: i for i, name in enumerate(names)}
     max_samples = int(cfg.eval.max_seconds * cfg.data.sample_rate)
     emb = extract_embeddings(embedder, [str(root / n) for n in names], device, cfg.data.sample_rate, max_samples,
-                             num_workers=min(cfg.data.num_workers, 2), progress=True)
+                             num_workers=min(cfg.data.num_workers, 2), progress=True,
+                             batch_seconds=cfg.eval.batch_seconds)
     scores = cosine_scores(emb, *trial_indices(trials, index))
     result: dict[str, Any] = {"n_trials": len(trials), "n_utterances": len(names)}
     if all(t.label is not None for t in trials):
