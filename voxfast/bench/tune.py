@@ -15,7 +15,6 @@ The probe runs the model eagerly (no torch.compile), whose peak memory is at lea
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import gc
 import itertools
@@ -31,6 +30,7 @@ from torch import nn
 
 from voxfast.config import Config
 from voxfast.errors import VoxfastError
+from voxfast.train.trainer import autocast_for
 
 log = logging.getLogger(__name__)
 # No 0 by default: the loader is timed alone, and in-process loading (0 workers) would look fast there while
@@ -90,14 +90,6 @@ def micro_candidates(global_batch: int, n_per_speaker: int, max_micro: int) -> l
 def usable_micro(micro: int, global_batch: int, n_per_speaker: int) -> bool:
     """What the config accepts: whole accumulation steps, and whole speaker groups per batch."""
     return global_batch % micro == 0 and micro % n_per_speaker == 0
-
-
-def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """The autocast context of Trainer.autocast for a resolved precision, so the probe uses the run's dtypes."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def probe_micro_batches(cfg: Config, device: torch.device, candidates: Sequence[int], repeats: int = 2
@@ -185,7 +177,7 @@ def _fits(task: Any, model: nn.Module, batch: dict[str, Any], device: torch.devi
 
 def _forward_backward(task: Any, model: nn.Module, batch: dict[str, Any], device: torch.device,
                       precision: str) -> None:
-    with autocast(precision, device):
+    with autocast_for(precision, device):
         out = task.training_step(model, batch, device)
     out["loss"].backward()
     model.zero_grad(set_to_none=True)

@@ -22,7 +22,6 @@ A DataLoader reads and pads the next batches in worker processes while the model
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -45,6 +44,7 @@ from voxfast.audio.io import read_audio
 from voxfast.data.manifest import read_trials, read_utterances
 from voxfast.errors import AudioLoadError, VoxfastError
 from voxfast.progress import progress_bar
+from voxfast.train.trainer import autocast_for
 
 log = logging.getLogger(__name__)
 
@@ -220,15 +220,6 @@ class _BatchReader(Dataset):
 
 
 # ------------------------------------------------------------------------------------------------- embedding
-
-
-def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast for bf16/fp16; fp32 adds none, so a caller's own autocast (the trainer's validation) still applies."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision not in ("bf16", "fp16"):
-        raise VoxfastError(f"unknown precision {precision!r}; choose fp32, bf16 or fp16")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def embed_batches(

@@ -61,6 +61,15 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if ("BF16" in capability or "AMX" in capability) else "fp32"
 
 
+def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast for a resolved precision (bf16/fp16); fp32 adds none, so a caller's own autocast still applies."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision not in ("bf16", "fp16"):
+        raise VoxfastError(f"unknown precision {precision!r}; choose fp32, bf16 or fp16")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
 def configure_backends(cfg: TrainConfig) -> None:
     """TF32, cuDNN autotuning and deterministic algorithms: process-wide switches, set once per run."""
     precision = "tf32" if cfg.tf32 and not cfg.deterministic else "ieee"
@@ -136,10 +145,7 @@ class Trainer:
         return model
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return autocast_for(self.precision, self.device)
 
     @property
     def checkpoint_dir(self) -> Path:
