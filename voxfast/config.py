@@ -130,7 +130,7 @@ class ImageConfig:
 @dataclass
 class EEGConfig:
     data: str = "eeg_demo/eeg.npz"  # .npz with `x` (N, channels, samples), `y` (N,), optional `groups`, `sfreq`;
-    # or a folder of EDF/BDF files with event annotations (optional extra: mne)
+    # or a folder of EDF/BDF files with event annotations (optional extra: pip install "voxfast[eeg]", pyedflib)
     event_codes: tuple[str, ...] = ()  # EDF/BDF: annotation codes to cut windows at; label i = position in this list
     window: tuple[float, float] = (0.0, 2.0)  # EDF/BDF: window start and end in seconds relative to each event
     sfreq: float | None = None  # sampling rate; None: from the file (required there)

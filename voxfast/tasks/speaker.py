@@ -210,8 +210,10 @@ def load_embedder(path: str | Path, device: torch.device) -> tuple[nn.Module, Co
 
 def embedder_from_state(state: dict[str, Any], path: str | Path, device: torch.device) -> tuple[nn.Module, Config]:
     """:func:`load_embedder` for a checkpoint already in memory (`path` names it in messages)."""
-    if "config" not in state:
-        raise VoxfastError(f"{path}: not a speaker checkpoint (no config inside); pass one written by `voxfast train`")
+    if "config" not in state or state.get("task", "speaker") != "speaker":
+        kind = f"a {state['task']} checkpoint" if "task" in state else "no config inside"
+        raise VoxfastError(f"{path}: not a speaker checkpoint ({kind}); pass one written by `voxfast train` for "
+                           "speaker verification")
     cfg = load_config_dict(state["config"])
     embedder = build_embedder(cfg)
     prefix = "embedder."

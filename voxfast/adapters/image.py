@@ -1,0 +1,444 @@
+"""Image classification on the speaker trainer: in-memory data, crops and flips on the device, a small SE-ResNet.
+
+Small-image datasets (MNIST-, CIFAR-sized) fit in memory as uint8, so there is no loader: a micro-batch is one
+`index_select` into a (pinned) buffer, uploaded asynchronously, and the augmentation (random crop after zero padding,
+horizontal flip) runs on the device for the whole batch at once. Its draws come from a generator seeded by
+(train.seed, epoch, batch number), so a run resumed mid-epoch augments exactly as the interrupted one would have.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from voxfast.config import Config, ImageConfig, config_to_dict
+from voxfast.errors import ConfigError, VoxfastError
+from voxfast.models.se_resnet import SEBasicBlock
+from voxfast.train.task import split_batch
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # Pillow modes read as one channel
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class ImageSet:
+    """Images as one (N, C, H, W) array (uint8, or float32) and their class indices (N,) int64."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+def read_images(path: str | Path, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C, H, W) images and their raw labels (ints or strings) from an .npz file or a class-per-folder tree.
+
+    Folder images are resized to `image_size` (as the model needs one size per batch); .npz images are kept as
+    they are, since whoever wrote the file already chose their size.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return _read_folder(path, image_size)
+    if not path.is_file():
+        raise VoxfastError(f"{path}: no such file or folder (image.data / image.val_data: an .npz with `images` and "
+                           "`labels`, or a folder with one sub-folder of PNG/JPEG images per class)")
+    return _read_npz(path)
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in ("images", "labels") if k not in npz.files]
+            if missing:
+                raise VoxfastError(f"{path}: no `{missing[0]}` array (found: {', '.join(npz.files) or 'none'}); "
+                                   "expected `images` (N,H,W) or (N,H,W,C) and `labels` (N,)")
+            images, labels = npz["images"], npz["labels"]
+    except (OSError, ValueError) as exc:  # not a zip file, object arrays (pickles), truncated arrays
+        raise VoxfastError(f"{path}: not a readable .npz of `images` and `labels` ({exc})") from exc
+    _check_arrays(path, images, labels)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.dtype != np.uint8:
+        images = images.astype(np.float32)
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2)), labels
+
+
+def _check_arrays(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """Reject what would otherwise fail later with a shape error far from its cause."""
+    if images.ndim not in (3, 4):
+        raise VoxfastError(f"{path}: `images` has shape {images.shape}; expected (N, H, W) or (N, H, W, C)")
+    if images.ndim == 4 and images.shape[3] > 4 >= images.shape[1]:
+        raise VoxfastError(f"{path}: `images` has shape {images.shape}, which looks channels-first; expected "
+                           "(N, H, W, C): transpose it with images.transpose(0, 2, 3, 1)")
+    if labels.ndim != 1:
+        raise VoxfastError(f"{path}: `labels` has shape {labels.shape}; expected (N,) with N = {len(images)}")
+    if len(labels) != len(images):
+        raise VoxfastError(f"{path}: `labels` has {len(labels)} entries but `images` has {len(images)} "
+                           f"(`images` shape {images.shape}, `labels` shape {labels.shape})")
+    if images.dtype != np.uint8 and images.dtype.kind != "f":
+        raise VoxfastError(f"{path}: `images` has dtype {images.dtype}; expected uint8 or a float type")
+    if images.dtype.kind == "f" and not np.isfinite(images).all():
+        raise VoxfastError(f"{path}: `images` holds {np.count_nonzero(~np.isfinite(images))} NaN or infinite values")
+    if labels.dtype.kind not in "iuU":
+        raise VoxfastError(f"{path}: `labels` has dtype {labels.dtype}; expected integers or strings")
+
+
+def _read_folder(root: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every PNG/JPEG of root/<class>/, decoded by threads (Pillow releases the GIL while decoding)."""
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    if not folders:
+        raise VoxfastError(f"{root}: no class folders (expected one sub-folder of PNG/JPEG images per class)")
+    files, labels = [], []
+    for folder in folders:
+        found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise VoxfastError(f"{folder}: class folder holds no PNG/JPEG images")
+        files += found
+        labels += [folder.name] * len(found)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        arrays = list(pool.map(partial(_read_image, size=size), files))
+    if any(a.ndim == 3 for a in arrays):  # a mixed folder: gray images get three equal channels
+        arrays = [a if a.ndim == 3 else np.repeat(a[..., None], 3, axis=2) for a in arrays]
+    images = np.stack(arrays)
+    images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(images), np.array(labels)
+
+
+def _read_image(path: Path, size: int) -> np.ndarray:
+    image_module = _pillow()
+    try:
+        with image_module.open(path) as im:
+            im = im.convert("L" if im.mode in _GRAY_MODES else "RGB")
+            return np.asarray(im.resize((size, size), image_module.Resampling.BILINEAR))
+    except (OSError, ValueError) as exc:  # PIL.UnidentifiedImageError is an OSError
+        raise VoxfastError(f"{path}: unreadable image ({exc})") from exc
+
+
+def _pillow() -> Any:
+    """PIL.Image, imported only for image folders: .npz data needs no optional dependency."""
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise VoxfastError("reading an image folder needs Pillow: pip install 'voxfast[image]' (or convert the "
+                           "images to an .npz with `images` and `labels`)") from exc
+    return Image
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, validation) indices with about `fraction` of every class in validation.
+
+    Per class, so rare classes are validated too; a class keeps at least one training image.
+    """
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        val.append(members[: min(round(fraction * len(members)), len(members) - 1)])
+    val_idx = np.sort(np.concatenate(val))
+    return np.setdiff1d(np.arange(len(labels)), val_idx), val_idx
+
+
+def load_splits(cfg: ImageConfig, seed: int) -> tuple[ImageSet, ImageSet, list[str]]:
+    """Training and validation sets with class indices, and the class names (index order)."""
+    images, raw = read_images(cfg.data, cfg.image_size)
+    classes = np.unique(raw)
+    if len(classes) < 2:
+        raise VoxfastError(f"{cfg.data}: {len(classes)} class(es); classification needs at least 2")
+    labels = np.searchsorted(classes, raw).astype(np.int64)
+    names = [str(c) for c in classes]
+    if cfg.val_data is None:
+        train_idx, val_idx = stratified_split(labels, cfg.val_fraction, seed)
+        return ImageSet(images[train_idx], labels[train_idx]), ImageSet(images[val_idx], labels[val_idx]), names
+    val_images, val_raw = read_images(cfg.val_data, cfg.image_size)
+    unknown = sorted(set(val_raw.tolist()) - set(classes.tolist()))
+    if unknown:
+        raise VoxfastError(f"{cfg.val_data}: labels {unknown[:5]} are not among the training classes of {cfg.data}")
+    if val_images.shape[1:] != images.shape[1:] or val_images.dtype != images.dtype:
+        raise VoxfastError(f"{cfg.val_data}: images of shape (C, H, W) = {val_images.shape[1:]} and dtype "
+                           f"{val_images.dtype}, but {cfg.data} has {images.shape[1:]} and {images.dtype}")
+    val = ImageSet(val_images, np.searchsorted(classes, val_raw).astype(np.int64))
+    return ImageSet(images, labels), val, names
+
+
+def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of (N, C, H, W) images, in float64 chunks (no full-size float copy)."""
+    total = np.zeros(images.shape[1])
+    squares = np.zeros(images.shape[1])
+    for start in range(0, len(images), 4096):
+        chunk = images[start : start + 4096].astype(np.float64)
+        total += chunk.sum(axis=(0, 2, 3))
+        squares += np.square(chunk).sum(axis=(0, 2, 3))
+    count = max(images.size // images.shape[1], 1)
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    return mean, np.where(std > 0, std, 1.0)  # a constant channel is left unscaled
+
+
+# ----------------------------------------------------------------------------------------------- augmentation
+
+
+def augment_generator(seed: int, epoch: int, index: int, device: torch.device) -> torch.Generator:
+    """The generator of one micro-batch's draws: the same (seed, epoch, batch number) always draws the same."""
+    state = np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0]
+    return torch.Generator(device=device).manual_seed(int(state))
+
+
+def augment_draws(n: int, padding: int, flip: bool, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample crop offsets (n, 2) as (row, column) in [0, 2*padding], and horizontal flips (n,) bool."""
+    device = generator.device
+    offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator, device=device)
+    if flip:
+        return offsets, torch.rand(n, generator=generator, device=device) < 0.5
+    return offsets, torch.zeros(n, dtype=torch.bool, device=device)
+
+
+def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding: int) -> torch.Tensor:
+    """Random crops of zero-padded images, then flips, for a whole (B, C, H, W) batch in one gather.
+
+    Sample b is ``pad(x[b])[:, r:r+H, c:c+W]`` with (r, c) = offsets[b], reversed along W where flips[b].
+    Works on uint8, so the gather moves a quarter of the bytes of float images.
+    """
+    b, c, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4)
+    rows = offsets[:, :1] + torch.arange(h, device=x.device)  # (B, H)
+    cols = offsets[:, 1:] + torch.arange(w, device=x.device)  # (B, W)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    index = (rows[:, :, None] * (w + 2 * padding) + cols[:, None, :]).flatten(1)  # (B, H*W) into the padded plane
+    return padded.flatten(2).gather(2, index[:, None].expand(-1, c, -1)).view(b, c, h, w)
+
+
+# ----------------------------------------------------------------------------------------------- model
+
+
+class ImageSEResNet(nn.Module):
+    """Stem conv, three stages of the speaker models' SE basic blocks (widths w, 2w, 4w), average pool, linear."""
+
+    def __init__(self, in_channels: int, n_classes: int, width: int = 32, blocks: Sequence[int] = (1, 1, 1)) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU(inplace=True))
+        layers: list[nn.Module] = []
+        in_ch = width
+        for stage, depth in enumerate(blocks):
+            out_ch = width * 2**stage
+            for i in range(depth):
+                stride = 2 if stage > 0 and i == 0 else 1
+                layers.append(SEBasicBlock(in_ch, out_ch, (stride, stride), se=True))
+                in_ch = out_ch
+        self.blocks = nn.Sequential(*layers)
+        self.classifier = nn.Linear(in_ch, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, C, H, W) normalised images -> (B, n_classes) logits
+        return self.classifier(self.blocks(self.stem(x)).mean(dim=(2, 3)))
+
+
+def se_resnet_image(in_channels: int, n_classes: int, width: int = 32, blocks: Sequence[int] = (1, 1, 1)
+                    ) -> ImageSEResNet:
+    """The `se_resnet_image` model of image.model."""
+    return ImageSEResNet(in_channels, n_classes, width, blocks)
+
+
+# ----------------------------------------------------------------------------------------------- task
+
+
+class EpochBatches(Sequence[dict[str, Any]]):
+    """One epoch's micro-batches, gathered only when read (an epoch is never copied whole)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, chunks: list[tuple[int, np.ndarray]],
+                 epoch: int, pin: bool) -> None:
+        self.images, self.labels, self.chunks, self.epoch, self.pin = images, labels, chunks, epoch, pin
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        index, rows = self.chunks[i]
+        idx = torch.from_numpy(rows)
+        return {"x": _take(self.images, idx, self.pin), "label": _take(self.labels, idx, self.pin),
+                "index": index, "epoch": self.epoch}
+
+
+def _take(source: torch.Tensor, idx: torch.Tensor, pin: bool) -> torch.Tensor:
+    """source[idx], written straight into page-locked memory when pinning (one copy, async upload later)."""
+    out = torch.empty((len(idx), *source.shape[1:]), dtype=source.dtype, pin_memory=pin)
+    return torch.index_select(source, 0, idx, out=out)
+
+
+class ImageTask:
+    """Image classification: cross-entropy on an SE-ResNet, validated by accuracy (best.pt follows it)."""
+
+    best_metric = ("accuracy", "max")  # what best.pt follows when train.validate_every is set
+
+    def __init__(self, cfg: Config, rank: int = 0, world: int = 1) -> None:
+        _check_config(cfg.image)
+        self.cfg, self.rank, self.world = cfg, rank, world
+        self.seed = cfg.train.seed % 2**32  # numpy seed sequences take no negative entropy
+        train, val, self.classes = load_splits(cfg.image, self.seed)
+        self.train_x, self.train_y = torch.from_numpy(train.images), torch.from_numpy(train.labels)
+        self.val_x, self.val_y = torch.from_numpy(val.images), torch.from_numpy(val.labels)
+        self.mean, self.std = channel_stats(train.images)
+        self.pin = cfg.data.pin_memory and torch.cuda.is_available()
+        self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.batches_per_rank = len(train.labels) // cfg.train.micro_batch // world
+        if self.batches_per_rank == 0:
+            raise VoxfastError(f"{cfg.image.data}: {len(train.labels)} training images do not fill one micro-batch "
+                               f"of {cfg.train.micro_batch} per process ({world}); lower train.micro_batch")
+        log.info("%d training and %d validation images of %d classes, shape (C, H, W) = %s, from %s",
+                 len(train.labels), len(val.labels), len(self.classes), tuple(train.images.shape[1:]), cfg.image.data)
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """What a checkpoint needs beyond weights to classify new images: config, class names, normalisation."""
+        return {"config": config_to_dict(self.cfg), "task": "image", "classes": self.classes,
+                "normalisation": {"mean": self.mean.tolist(), "std": self.std.tolist()}}
+
+    def build_model(self) -> nn.Module:
+        ic = self.cfg.image
+        return se_resnet_image(self.train_x.shape[1], len(self.classes), ic.width, ic.blocks)
+
+    def train_batches(self, epoch: int, skip: int = 0) -> EpochBatches:
+        """Full micro-batches of a (seed, epoch) permutation; rank r takes every world-th, all ranks as many.
+
+        The last partial micro-batch is dropped: batch norm on a handful of images is noise, and fixed shapes
+        keep cuDNN autotuning and torch.compile from re-tuning.
+        """
+        m = self.cfg.train.micro_batch
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.train_y))
+        chunks = [(i, order[i * m : (i + 1) * m]) for i in range(len(order) // m)]
+        mine = chunks[self.rank :: self.world][: self.batches_per_rank]
+        return EpochBatches(self.train_x, self.train_y, mine[skip:], epoch, self.pin)
+
+    def split_batch(self, batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
+        """Pieces of a micro-batch (after out-of-memory) that keep the whole batch's augmentation draws."""
+        pieces, first = split_batch(batch, parts), 0
+        for piece in pieces:
+            piece["span"] = (first, len(batch["label"]))
+            first += len(piece["label"])
+        return pieces
+
+    def training_step(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+        x = self.augment(batch, device)
+        label = batch["label"].to(device, non_blocking=True)
+        logits = model(x)
+        loss = F.cross_entropy(logits, label)
+        correct = (logits.detach().argmax(1) == label).sum()
+        return {"loss": loss, "output": logits, "n": len(label), "correct": correct}
+
+    def augment(self, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+        """The batch on `device`: cropped and flipped with its own draws, normalised, as float32."""
+        ic, n = self.cfg.image, len(batch["label"])
+        first, full = batch.get("span", (0, n))
+        generator = augment_generator(self.seed, batch["epoch"], batch["index"], device)
+        offsets, flips = augment_draws(full, ic.crop_padding, ic.flip, generator)
+        x = batch["x"].to(device, non_blocking=True)
+        return self._normalise(crop_flip(x, offsets[first : first + n], flips[first : first + n], ic.crop_padding))
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device not in self._stats:
+            self._stats[x.device] = tuple(torch.tensor(s, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+                                          for s in (self.mean, self.std))
+        mean, std = self._stats[x.device]
+        x = (x.float() - mean) / std
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else x
+
+    def evaluate(self, model: nn.Module, device: torch.device, out_dir: Path) -> dict[str, Any]:
+        """Top-1 accuracy, overall and per class (None for a class without validation images), on the
+        un-augmented validation set; also written to out_dir/metrics.json."""
+        n = len(self.val_y)
+        if n == 0:
+            log.warning("no validation images: set image.val_fraction > 0 or image.val_data")
+            return {"n_val": 0}
+        step = self.cfg.train.micro_batch
+        predicted = torch.cat([model(self._normalise(self.val_x[i : i + step].to(device))).argmax(1)
+                               for i in range(0, n, step)]).cpu().numpy()
+        truth = self.val_y.numpy()
+        hits = np.bincount(truth[predicted == truth], minlength=len(self.classes))
+        counts = np.bincount(truth, minlength=len(self.classes))
+        result = {"accuracy": float(hits.sum() / n), "n_val": n, "classes": self.classes,
+                  "per_class_accuracy": [float(h / c) if c else None for h, c in zip(hits, counts, strict=True)]}
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "metrics.json").write_text(json.dumps(result, indent=2))
+        return result
+
+
+task_class = ImageTask
+
+
+def _check_config(ic: ImageConfig) -> None:
+    """Ranges the config types cannot express, all reported at once."""
+    problems = []
+    if not 0.0 <= ic.val_fraction < 1.0:
+        problems.append(f"image.val_fraction: must be in [0, 1), got {ic.val_fraction}")
+    if ic.image_size < 1 or ic.width < 1 or min(ic.blocks) < 1:
+        problems.append(f"image.image_size, image.width, image.blocks: must be >= 1, got {ic.image_size}, "
+                        f"{ic.width}, {list(ic.blocks)}")
+    if ic.crop_padding < 0:
+        problems.append(f"image.crop_padding: must be >= 0, got {ic.crop_padding}")
+    if problems:
+        raise ConfigError("invalid image config: " + "; ".join(problems))
+
+
+# ----------------------------------------------------------------------------------------------- demo data
+
+
+def make_demo_data(out: str | Path, seed: int = 0, per_class: int = 600, size: int = 32) -> Path:
+    """Write out/images.npz: `per_class` RGB images of 10 shape and texture classes, `size` pixels square.
+
+    Each image draws its own foreground and background colours, position, scale and noise, so the mean colour
+    says nothing about the class: a model has to learn the shapes (disc, ring, square, frame, triangle, plus,
+    cross, horizontal and vertical stripes, checkerboard).
+    """
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.repeat(np.arange(len(_SHAPES)), per_class))
+    n = len(labels)
+    grid = (np.arange(size) + 0.5) / size
+    centre = rng.uniform(0.3, 0.7, (2, n, 1, 1))
+    radius = rng.uniform(0.18, 0.32, (n, 1, 1))
+    u = (grid[None, :, None] - centre[0]) / radius  # (N, S, 1): rows in units of the shape's radius
+    v = (grid[None, None, :] - centre[1]) / radius  # (N, 1, S): columns
+    mask = np.zeros((n, size, size), dtype=bool)
+    for k, shape in enumerate(_SHAPES):
+        sel = labels == k
+        mask[sel] = np.broadcast_to(shape(u[sel], v[sel]), (int(sel.sum()), size, size))
+    fg = rng.uniform(0.0, 1.0, (n, 1, 1, 3))
+    bg = (fg + rng.uniform(0.3, 0.7, (n, 1, 1, 3))) % 1.0  # every channel differs from the foreground
+    images = np.where(mask[..., None], fg, bg) + rng.normal(0.0, 0.08, (n, size, size, 3))
+    path = Path(out) / "images.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, images=(np.clip(images, 0.0, 1.0) * 255).round().astype(np.uint8), labels=labels)
+    return path
+
+
+def _box(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return np.maximum(np.abs(u), np.abs(v))
+
+
+_SHAPES = (
+    lambda u, v: u**2 + v**2 < 1.0,  # disc
+    lambda u, v: (u**2 + v**2 < 1.0) & (u**2 + v**2 > 0.4),  # ring
+    lambda u, v: _box(u, v) < 0.8,  # square
+    lambda u, v: (_box(u, v) < 0.9) & (_box(u, v) > 0.55),  # frame
+    lambda u, v: (u < 0.8) & (np.abs(v) < 0.6 * (u + 0.9)),  # triangle, apex up
+    lambda u, v: ((np.abs(u) < 0.3) | (np.abs(v) < 0.3)) & (_box(u, v) < 1.0),  # plus
+    lambda u, v: ((np.abs(u - v) < 0.4) | (np.abs(u + v) < 0.4)) & (_box(u, v) < 1.0),  # diagonal cross
+    lambda u, v: (np.sin(u * 3 * np.pi) > 0) & (_box(u, v) < 1.0),  # horizontal stripes
+    lambda u, v: (np.sin(v * 3 * np.pi) > 0) & (_box(u, v) < 1.0),  # vertical stripes
+    lambda u, v: ((np.floor(u * 1.5) + np.floor(v * 1.5)) % 2 == 0) & (_box(u, v) < 1.0),  # checkerboard
+)
