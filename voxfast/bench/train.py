@@ -108,7 +108,8 @@ def time_training(name: str, cfg: Config, steps: int, warmup: int, task_name: st
             trainer.fit(max_steps=warmup)
         done = trainer.step
         summary = trainer.fit(max_steps=steps)
-        result = TrainBench(name, str(trainer.device), cfg.model.name, trainer.precision, cfg.train.compile,
+        model = {"image": cfg.image.model, "eeg": cfg.eeg.model}.get(task_name, cfg.model.name)
+        result = TrainBench(name, str(trainer.device), model, trainer.precision, cfg.train.compile,
                             cfg.data.num_workers, cfg.train.micro_batch, cfg.train.global_batch,
                             summary["steps"] - done, summary["train_samples_per_s"], summary["data_wait_pct"])
         del trainer, task
