@@ -308,12 +308,11 @@ class Trainer:
         """
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
-        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+        params = [p for p in self.module.parameters() if p.grad is not None]
         if self.cfg.clip_grad_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_([p for p in self.module.parameters() if p.grad is not None],
-                                                  self.cfg.clip_grad_norm, foreach=True)
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_grad_norm, foreach=True)
         else:
-            norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
         return (~torch.isfinite(norm)).float().reshape(())
 
     def _count_nonfinite(self, found_inf: torch.Tensor) -> None:
