@@ -418,10 +418,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
                               settings, progress=True)
     print(f"wrote {summary.written} embeddings ({summary.dim}-d, {summary.resumed} from an interrupted run) to "
           f"{args.out} in {time.perf_counter() - start:.1f} s")
-    if summary.skipped:
-        print(f"{len(summary.skipped)} unreadable file(s) skipped:")
-        for path, reason in summary.skipped:
-            print(f"  {path}: {reason}")
+    _print_files(summary.skipped, "unreadable file(s) skipped")
     return 0
 
 
@@ -617,12 +614,16 @@ def _cmd_pack(args: argparse.Namespace) -> int:
     summary = pack_store(utts, args.out, sample_rate=args.sample_rate, workers=args.workers, dtype=args.dtype)
     print(f"packed {summary.packed} utterances ({summary.samples / args.sample_rate / 3600:.2f} h, "
           f"{summary.resumed} resumed) into {args.out} in {summary.seconds:.1f} s")
-    if summary.bad:
-        print(f"{len(summary.bad)} file(s) could not be packed (also in {Path(args.out) / 'bad.tsv'}):")
-        for path, reason in summary.bad:
+    _print_files(summary.bad, f"file(s) could not be packed (also in {Path(args.out) / 'bad.tsv'})")
+    return 0 if args.skip_bad or not summary.bad else 1
+
+
+def _print_files(files: Sequence[tuple[str, str]], what: str) -> None:
+    """List (path, reason) pairs under a count, as the pack and extract summaries do."""
+    if files:
+        print(f"{len(files)} {what}:")
+        for path, reason in files:
             print(f"  {path}: {reason}")
-        return 0 if args.skip_bad else 1
-    return 0
 
 
 def _cmd_bench_loader(args: argparse.Namespace) -> int:
