@@ -24,6 +24,7 @@ from voxfast.audio.augment import (
     draw_plan,
     fft_size,
     reverberate,
+    reverberate_rows,
     stack_plans,
 )
 from voxfast.config import AugmentConfig
@@ -252,6 +253,28 @@ def test_batched_path_rebuilds_its_layout_when_the_crop_length_changes(bank):
         out = augment_batch(torch.from_numpy(wave), stack_plans(plans), device_bank)
         assert device_bank.crop_len == n
         assert torch.max(torch.abs(out - torch.from_numpy(ref))) <= 1e-4 * np.max(np.abs(ref))
+
+
+@pytest.mark.parametrize("n_rows", [1, 3, 8, 19])  # below, at and across REVERB_ROWS_PER_FFT chunks
+def test_reverberate_rows_is_linear_convolution_in_place_and_leaves_other_rows(bank, n_rows):
+    rng = np.random.default_rng(n_rows)
+    wave = rng.standard_normal((n_rows + 4, L)).astype(np.float32)
+    before = wave.copy()
+    rows = rng.permutation(n_rows + 4)[:n_rows]
+    rirs = rng.integers(len(bank.rirs), size=n_rows)  # 300 to 5000 taps: shorter and longer than the crop
+    reverberate_rows(wave, rows, rirs, bank)
+    for row, rir in zip(rows, rirs, strict=True):
+        ref = scipy.signal.convolve(before[row].astype(np.float64), bank.rirs[rir].astype(np.float64))[:L]
+        np.testing.assert_allclose(wave[row], ref, atol=1e-5 * np.abs(ref).max())
+        plan = Plan(REVERB, rir=int(rir))  # the per-crop path gives the same samples
+        np.testing.assert_allclose(wave[row], augment_numpy(before[row], plan, bank), rtol=0, atol=1e-6)
+    untouched = np.setdiff1d(np.arange(n_rows + 4), rows)
+    np.testing.assert_array_equal(wave[untouched], before[untouched])
+
+
+def test_reverberate_rows_rejects_mismatched_lengths(bank):
+    with pytest.raises(ValueError, match="2 rows but 1 RIR"):
+        reverberate_rows(np.zeros((3, L), np.float32), [0, 1], [0], bank)
 
 
 def test_augment_numpy_is_float32_for_every_kind_and_none_is_the_input(bank):

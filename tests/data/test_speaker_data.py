@@ -237,3 +237,30 @@ def test_cpu_augmented_store_crops_equal_augment_numpy_of_the_same_draws(tmp_pat
         crop = source.random_crop(index, 1000, draw)
         expected = augment_numpy(crop, draw_plan(draw, spec, bank, 1000), bank)
         np.testing.assert_array_equal(ds.ring.buffer[0, index].numpy(), expected)
+
+
+def test_a_batch_fetch_transforms_reverb_rows_together_with_the_same_result(tmp_path):
+    """The DataLoader calls __getitems__ for a batch: reverb crops are convolved as one 2-D FFT there."""
+    from voxfast.audio.augment import REVERB, AugmentSpec, NoiseBank, augment_numpy, draw_plan
+
+    paths = _files(tmp_path)
+    rng = np.random.default_rng(1)
+    bank = NoiseBank.from_arrays(noise=[rng.standard_normal(3000)], speech=[rng.standard_normal(2500)] * 3,
+                                 music=[rng.standard_normal(4000)], rirs=[rng.standard_normal(n) for n in (300, 900)])
+    spec = AugmentSpec(mix=(1.0, 3.0, 1.0, 1.0, 1.0))  # mostly reverb, every kind present
+    ds = _crops(FileSource(paths, 16000), list(range(6)), batch=12, augment=(spec, bank))
+    keys = [(i % 6, 50 + i, 1, i) for i in range(12)]
+    items = ds.__getitems__(keys)
+    assert [label for _, label, _ in items] == [i % 6 for i in range(12)]
+    kinds = []
+    for index, seed, _, row in keys:
+        draw = item_rng(seed)
+        crop = FileSource(paths, 16000).random_crop(index, 1000, draw)
+        plan = draw_plan(draw, spec, bank, 1000)
+        kinds.append(plan.kind)
+        np.testing.assert_allclose(ds.ring.buffer[1, row].numpy(), augment_numpy(crop, plan, bank), atol=1e-6)
+    assert kinds.count(REVERB) >= 3 and len(set(kinds)) >= 3
+    single = _crops(FileSource(paths, 16000), list(range(6)), batch=12, augment=(spec, bank))
+    for key in keys:
+        single[key]
+    np.testing.assert_allclose(single.ring.buffer[1].numpy(), ds.ring.buffer[1].numpy(), atol=1e-6)

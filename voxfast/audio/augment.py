@@ -125,6 +125,7 @@ class NoiseBank:
         }
         self.rirs: list[np.ndarray] = [_unit_energy(_as_wave(h, "rir")) for h in rirs]
         self._lengths = {c: np.array([len(a) for a in w], dtype=np.int64) for c, w in self.categories.items()}
+        self.max_rir = max((len(h) for h in self.rirs), default=1)
         self._rir_spectra: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._rir_cache_bytes = 0
 
@@ -147,6 +148,14 @@ class NoiseBank:
         while self._rir_cache_bytes > self.RIR_CACHE_BYTES and len(self._rir_spectra) > 1:
             self._rir_cache_bytes -= self._rir_spectra.popitem(last=False)[1].nbytes
         return spec
+
+    def reverb_fft_size(self, num_samples: int) -> int:
+        """FFT size of every reverb convolution of `num_samples`-sample crops: long enough for the longest RIR.
+
+        One size for the whole bank (not one per RIR length) lets a worker transform a batch's reverb crops
+        together, keeps one cached spectrum per RIR, and is the size the device path uses for its padded RIRs.
+        """
+        return fft_size(num_samples + self.max_rir - 1)
 
     @classmethod
     def from_arrays(
@@ -392,9 +401,9 @@ def fft_size(n: int) -> int:
     return best
 
 
-def _convolve_crop(x: np.ndarray, h: np.ndarray, h_spectrum: np.ndarray | None = None) -> np.ndarray:
+def _convolve_crop(x: np.ndarray, h: np.ndarray, h_spectrum: np.ndarray | None = None, nfft: int = 0) -> np.ndarray:
     n = len(x)
-    nfft = fft_size(n + len(h) - 1)
+    nfft = nfft or fft_size(n + len(h) - 1)
     spec = scipy.fft.rfft(x, nfft)  # float32 in, complex64 out
     spec *= scipy.fft.rfft(h, nfft) if h_spectrum is None else h_spectrum
     return scipy.fft.irfft(spec, nfft, overwrite_x=True)[:n]
@@ -412,8 +421,8 @@ def augment_numpy(x: np.ndarray, plan: Plan, bank: NoiseBank, out: np.ndarray | 
             out[:] = x
         return x if out is None else out
     if plan.kind == REVERB:
-        h = bank.rirs[plan.rir]
-        y = _convolve_crop(x, h, bank.rir_spectrum(plan.rir, fft_size(len(x) + len(h) - 1)))
+        nfft = bank.reverb_fft_size(len(x))
+        y = _convolve_crop(x, bank.rirs[plan.rir], bank.rir_spectrum(plan.rir, nfft), nfft)
         if out is None:
             return y
         out[:] = y
@@ -422,6 +431,28 @@ def augment_numpy(x: np.ndarray, plan: Plan, bank: NoiseBank, out: np.ndarray | 
     starts = zip(plan.noise_idx[:n].tolist(), plan.noise_start[:n].tolist(), strict=True)
     noises = [bank.crop(category, i, s, len(x)) for i, s in starts]
     return add_noise(x, noises, plan.snr[:n], out=out)
+
+
+REVERB_ROWS_PER_FFT = 8  # rows per 2-D transform: 8 measured 2.6x faster per row than 1, 64 only 1.1x (cache)
+
+
+def reverberate_rows(wave: np.ndarray, rows: Sequence[int], rirs: Sequence[int], bank: NoiseBank) -> None:
+    """Reverberate rows `rows` of a float32 (B, L) batch in place with bank RIRs `rirs`: augment_numpy's maths.
+
+    Why batched: pocketfft runs the transforms of a 2-D array side by side in SIMD lanes, so a loader worker
+    that collects a batch's reverb crops pays ~225 us per 2 s crop instead of ~590 us one at a time (this CPU),
+    and reverb is about half of CPU augmentation's time. Each row gets the same transform as alone.
+    """
+    if len(rows) != len(rirs):
+        raise ValueError(f"reverberate_rows: {len(rows)} rows but {len(rirs)} RIR indices")
+    n = wave.shape[1]
+    nfft = bank.reverb_fft_size(n)
+    for a in range(0, len(rows), REVERB_ROWS_PER_FFT):
+        chunk, chunk_rirs = list(rows[a : a + REVERB_ROWS_PER_FFT]), rirs[a : a + REVERB_ROWS_PER_FFT]
+        spec = scipy.fft.rfft(wave[chunk], nfft, axis=-1)
+        for k, rir in enumerate(chunk_rirs):
+            spec[k] *= bank.rir_spectrum(int(rir), nfft)
+        wave[chunk] = scipy.fft.irfft(spec, nfft, axis=-1, overwrite_x=True)[:, :n]
 
 
 # ----------------------------------------------------------------------------------------------- device path
@@ -510,7 +541,7 @@ def augment_batch(wave: torch.Tensor, plans: Mapping[str, np.ndarray | torch.Ten
 def _reverb_rows(x: torch.Tensor, rir: np.ndarray, bank: DeviceBank) -> torch.Tensor:
     h = bank.rirs[torch.from_numpy(rir).to(bank.device)]
     n = x.shape[-1]
-    nfft = fft_size(n + h.shape[-1] - 1)
+    nfft = bank.bank.reverb_fft_size(n)  # rirs are padded to the longest: the same size as the numpy path
     spec = torch.fft.rfft(x, nfft) * torch.fft.rfft(h, nfft)
     return torch.fft.irfft(spec, nfft)[:, :n]
 
