@@ -1,4 +1,5 @@
 import json
+import statistics
 import subprocess
 import sys
 
@@ -113,13 +114,18 @@ def test_pack_a_folder_of_rirs_as_float32(small_corpus, tmp_path, capsys):
 
 def test_bench_loader_reports_every_configuration_with_speedups(small_corpus, capsys):
     args = ["bench-loader", "--list", str(small_corpus / "train_list.txt"), "--seconds", "0.2", "--workers", "0",
-            "--batch", "4", "--frames", "50", "--device", "cpu", "--json"]
+            "--batch", "4", "--frames", "50", "--device", "cpu", "--json", "--rounds", "2"]
     assert main(args) == 0
     results = json.loads(capsys.readouterr().out)
     names = [r["name"] for r in results]
     assert names[0].startswith("baseline") and any("device augmentation" in n for n in names)
     assert len(results) == 8 and all(r["samples_per_s"] > 0 and r["speedup"] > 0 for r in results)
     assert results[0]["speedup"] == 1.0
+    for r in results[:-1]:  # the loader configurations ran interleaved rounds and report their median
+        assert len(r["rounds"]) == 2 and r["samples_per_s"] == pytest.approx(statistics.median(r["rounds"]))
+    store = next(r for r in results if r["name"] == "store, CPU augmentation")
+    base = next(r for r in results if r["name"] == store["baseline"])
+    assert store["speedup"] == pytest.approx(store["samples_per_s"] / base["samples_per_s"])
 
 
 def test_export_torchscript_matches_eager_on_a_new_length(tmp_path, capsys):

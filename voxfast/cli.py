@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first write a VoxCeleb-shaped corpus (4-16 s utterances, 5 s noises, 0.3-1 s RIRs) to DIR")
     p.add_argument("--speakers", type=int, default=40, help="speakers of --make-corpus (default 40)")
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers (default 1)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="interleaved rounds sharing --seconds; each configuration reports its median (default 3)")
     _add_bench_args(p, batch=64, device_help="device for the batched augmentation (auto, cpu, cuda)")
     p.set_defaults(func=_cmd_bench_loader)
 
@@ -646,7 +648,7 @@ def _cmd_bench_loader(args: argparse.Namespace) -> int:
     noise_dir = args.noise_dir or (str(root) if (root / "noise").is_dir() else None)
     rir_dir = args.rir_dir or (str(root / "rirs") if (root / "rirs").is_dir() else None)
     results = run_bench(list_path, noise_dir, rir_dir, args.store or str(root / "store"), args.workers, args.batch,
-                        args.frames, args.seconds, str(resolve_device(args.device)))
+                        args.frames, args.seconds, str(resolve_device(args.device)), args.rounds)
     print(format_results(results, args.json))
     return 0
 

@@ -120,3 +120,16 @@ def test_missing_and_mismatched_rate_files_keep_their_messages(tmp_path):
         read_random_crop(path, 100, np.random.default_rng(0), 16000)
     crop = read_random_crop(path, 1000, np.random.default_rng(0), 16000, resample_mismatch=True)
     assert crop.shape == (1000,) and crop.dtype == np.float32
+
+
+@pytest.mark.parametrize(("name", "subtype", "dtype"),
+                         [("a.wav", "PCM_16", "int16"), ("a.flac", "PCM_16", "int16"), ("a.wav", "FLOAT", "float32"),
+                          ("a.flac", "PCM_24", "float32")])
+def test_native_crops_are_int16_only_for_16_bit_pcm_and_lossless(tmp_path, name, subtype, dtype):
+    path = _write(tmp_path / name, subtype=subtype)
+    native = read_random_crop(path, 1000, np.random.default_rng(3), 16000, dtype="native")
+    as_float = read_random_crop(path, 1000, np.random.default_rng(3), 16000)
+    assert native.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(native / np.float32(32768.0) if dtype == "int16" else native, as_float)
+    with pytest.raises(ValueError, match="dtype must be"):
+        read_random_crop(path, 1000, np.random.default_rng(3), 16000, dtype="float64")

@@ -54,12 +54,16 @@ def read_random_crop(
     decode. A file at another rate is rejected, or with `resample_mismatch` read at its own rate
     (the matching span) and resampled. `dtype="int16"` decodes 16-bit PCM straight to int16 (half the
     bytes to move between processes); float files still go through float32 so their NaNs are caught.
+    `dtype="native"` gives 16-bit PCM as int16 and anything else as float32, losslessly: a caller that
+    converts into its own buffer saves a temporary array and a NaN scan of integer samples.
     """
+    if dtype not in ("float32", "int16", "native"):
+        raise ValueError(f"dtype must be 'float32', 'int16' or 'native', got {dtype!r}")
     try:
         fast = _pcm16_crop(path, num_samples, rng, sample_rate)
         if fast is not None:
             data, rate = fast
-            data = data if dtype == "int16" else _to_float(data)
+            data = _to_float(data) if dtype == "float32" else data
         else:
             data, rate = _soundfile_crop(path, num_samples, rng, sample_rate, resample_mismatch, dtype)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
@@ -106,6 +110,7 @@ def _soundfile_crop(
         f.seek(_crop_start(total, need, rng))
         # Float files are read as float so NaNs are caught (libsndfile's int16 conversion zeroes them).
         as_float = need != num_samples or f.subtype in ("FLOAT", "DOUBLE") or dtype == "float32"
+        as_float = as_float or (dtype == "native" and f.subtype != "PCM_16")
         return f.read(min(total, need), dtype="float32" if as_float else "int16", always_2d=True), rate
 
 

@@ -4,7 +4,9 @@ The baseline re-implements what voxceleb_trainer's loader does per training crop
 as float64, crop (wrap-padding short files), and for augmentation read whole noise files the same way
 and reverberate with `scipy.signal.convolve`. Every configuration runs through a DataLoader with the
 same workers and batch size after one untimed pass has warmed the page cache, so the ratios compare
-only the per-crop work.
+only the per-crop work. Configurations run in interleaved rounds (all of them, then all again) and each
+reports its median round: on a shared machine the load drifts over tens of seconds, and a baseline timed
+once in a slow minute moved single-shot ratios by +-20%.
 """
 
 from __future__ import annotations
@@ -46,10 +48,11 @@ _RECIPE = {"noise": ((1, 1), (0, 15)), "speech": ((3, 7), (13, 20)), "music": ((
 @dataclass
 class BenchResult:
     name: str
-    samples_per_s: float
+    samples_per_s: float  # median of the rounds
     per_worker: float
     baseline: str
     speedup: float = field(default=0.0)
+    rounds: list[float] = field(default_factory=list)  # samples/s of each round
 
 
 class VoxcelebTrainerCrops(Dataset):
@@ -159,8 +162,12 @@ def run_bench(
     frames: int = 200,
     seconds: float = 5.0,
     device: str = "cpu",
+    rounds: int = 3,
 ) -> list[BenchResult]:
-    """Time every configuration; returns results with speedups over the matching baseline."""
+    """Time every configuration for `seconds` in all, split over `rounds` interleaved rounds; returns the
+    medians with speedups over the matching baseline's median."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     utts = read_utterances(list_path)
     paths = [u.path for u in utts]
     n = crop_samples(frames)
@@ -198,13 +205,16 @@ def run_bench(
             ("store, CPU augmentation", ours(store, (spec, bank)), "aug"),
             ("store, device augmentation: CPU side", ours(store, (spec, bank), True), "aug"),
         ]
+    timed: dict[str, list[float]] = {name: [] for name, _, _ in runs}
+    for r in range(rounds):  # a fresh iterator (workers) per round; the first batch of each is not timed
+        for name, (loader, take), _ in runs:
+            timed[name].append(_time_loader(loader, seconds / rounds, take))
+            log.info("round %d/%d  %-48s %9.0f samples/s", r + 1, rounds, name, timed[name][-1])
     results, base = [], {}
-    for name, (loader, take), group in runs:  # each group's baseline runs first
-        sps = _time_loader(loader, seconds, take)
-        del loader  # stop its workers before the next configuration starts
+    for name, _, group in runs:  # each group's baseline comes first
+        sps = float(np.median(timed[name]))
         ref_name, ref = base.setdefault(group, (name, sps))
-        results.append(BenchResult(name, sps, sps / max(workers, 1), ref_name, sps / ref))
-        log.info("%-48s %9.0f samples/s  x%.1f", name, sps, sps / ref)
+        results.append(BenchResult(name, sps, sps / max(workers, 1), ref_name, sps / ref, timed[name]))
     if augment:
         results.append(_bench_device_augment(bank, spec, n, batch, device, seconds, base["aug"]))
     return results
@@ -228,7 +238,7 @@ def _bench_device_augment(bank: NoiseBank, spec: AugmentSpec, n: int, batch: int
     sps = count / (time.perf_counter() - start)
     name = f"batched augmentation on {dev} (batch {batch})"
     log.info("%-48s %9.0f samples/s  x%.1f", name, sps, sps / base[1])
-    return BenchResult(name, sps, sps, base[0], sps / base[1])
+    return BenchResult(name, sps, sps, base[0], sps / base[1], [sps])
 
 
 def _sync(dev: torch.device) -> None:

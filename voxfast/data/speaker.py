@@ -76,6 +76,10 @@ class CropSource(Protocol):
         """The same draw as int16 samples (a view where possible)."""
         ...
 
+    def random_crop_into(self, index: int, rng: np.random.Generator, out: np.ndarray) -> np.ndarray:
+        """The same draw as float32 written into `out` (CPU augmentation's ring row); returns `out`."""
+        ...
+
 
 class FileSource:
     """Crops read straight from audio files with soundfile partial reads."""
@@ -94,6 +98,16 @@ class FileSource:
     def random_crop_int16(self, index: int, num_samples: int, rng: np.random.Generator) -> np.ndarray:
         return read_random_crop(self.paths[index], num_samples, rng, self.sample_rate, self.resample_mismatch,
                                 dtype="int16")
+
+    def random_crop_into(self, index: int, rng: np.random.Generator, out: np.ndarray) -> np.ndarray:
+        """:meth:`random_crop` of len(out) samples written into `out` (float32), 16-bit PCM converted in one pass."""
+        crop = read_random_crop(self.paths[index], len(out), rng, self.sample_rate, self.resample_mismatch,
+                                dtype="native")
+        if crop.dtype == np.int16:
+            np.multiply(crop, np.float32(INT16_SCALE), out=out)
+        else:
+            out[:] = crop
+        return out
 
 
 class StoreSource:
@@ -289,7 +303,7 @@ class TrainCrops(Dataset):
     def _crop(self, index: int, rng: np.random.Generator, out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
         """The crop and its label; a store's float crop is converted straight into `out` when given."""
         label = int(self.labels[index])
-        if out is not None and not self.speed_perturb and isinstance(self.source, StoreSource):
+        if out is not None and not self.speed_perturb:
             return self.source.random_crop_into(index, rng, out), label
         if self.int16:
             return self.source.random_crop_int16(index, self.num_samples, rng), label
