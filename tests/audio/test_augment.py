@@ -383,7 +383,29 @@ def test_bank_from_packed_stores_equals_bank_from_folders(tmp_path):
     folders = NoiseBank.from_dirs(str(tmp_path / "musan"), str(tmp_path / "rirs"))
     stores = NoiseBank.from_dirs(str(tmp_path / "musan.store"), str(tmp_path / "rirs.store"))
     for category in ("noise", "speech", "music"):
+        assert stores.is_int16(category) and not folders.is_int16(category)
         assert len(stores.categories[category]) == len(folders.categories[category])
         for a, b in zip(stores.categories[category], folders.categories[category], strict=True):
-            np.testing.assert_array_equal(a, b)
+            assert isinstance(a, np.memmap)  # mapped, not copied: one page cache for every worker and rank
+            np.testing.assert_array_equal(a / np.float32(32768.0), b)
     np.testing.assert_array_equal(stores.rirs[0], folders.rirs[0])
+    # The int16 bank augments exactly like the float32 one, on the CPU and in the batched path.
+    rng = np.random.default_rng(5)
+    plans = [draw_plan(rng, AugmentSpec(), stores, 600) for _ in range(30)]
+    wave = (rng.standard_normal((30, 600)) * 0.3).astype(np.float32)
+    for p, w in zip(plans, wave, strict=True):
+        np.testing.assert_array_equal(augment_numpy(w, p, stores), augment_numpy(w, p, folders))
+    device_int16, device_float = DeviceBank(stores, "cpu"), DeviceBank(folders, "cpu")
+    out = augment_batch(torch.from_numpy(wave), stack_plans(plans), device_int16)
+    torch.testing.assert_close(out, augment_batch(torch.from_numpy(wave), stack_plans(plans), device_float))
+    assert device_int16._windows["speech"].dtype == torch.int16
+
+
+def test_add_noise_takes_int16_noise_as_samples_over_32768():
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(2000).astype(np.float32)
+    ints = [rng.integers(-20000, 20000, 2000).astype(np.int16) for _ in range(3)]
+    floats = [n / np.float32(32768.0) for n in ints]
+    np.testing.assert_array_equal(add_noise(x, ints, [5.0, 10.0, 15.0]), add_noise(x, floats, [5.0, 10.0, 15.0]))
+    with pytest.raises(ValueError, match="3 noises but 2 SNRs"):
+        add_noise(x, ints, [5.0, 10.0])

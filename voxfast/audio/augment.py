@@ -109,20 +109,21 @@ def _spec_problems(spec: AugmentSpec) -> list[str]:
 
 
 class NoiseBank:
-    """Noise/speech/music files and RIRs, float32 at one sample rate, held in memory.
+    """Noise/speech/music files and RIRs at one sample rate, held in memory or mapped from a packed store.
 
     Holding the files (rather than reading a crop per use, as voxceleb_trainer does) turns a noise crop into
-    a slice, which is what keeps augmentation cheap enough to run for every training crop. Arrays are shared
-    copy-on-write with forked loader workers. RIRs are stored at unit energy so reverberation keeps the level.
+    a slice, which is what keeps augmentation cheap enough to run for every training crop. A category of
+    int16 arrays stays int16 (samples / 32768 when used): from an int16 store these are memmap views, so all
+    of MUSAN (~109 h: 25 GB as float32) costs 12.6 GB of page cache shared by every worker and every DDP rank
+    instead of 25 GB per rank. Other categories are float32, shared copy-on-write with forked workers. RIRs are
+    float32 at unit energy so reverberation keeps the level.
     """
 
     def __init__(self, categories: Mapping[str, Sequence[np.ndarray]], rirs: Sequence[np.ndarray]) -> None:
         unknown = set(categories) - set(CATEGORIES)
         if unknown:
             raise ValueError(f"unknown noise categories {sorted(unknown)}; expected {CATEGORIES}")
-        self.categories: dict[str, list[np.ndarray]] = {
-            c: [_as_wave(a, c) for a in categories.get(c, ())] for c in CATEGORIES
-        }
+        self.categories: dict[str, list[np.ndarray]] = {c: _as_noises(categories.get(c, ()), c) for c in CATEGORIES}
         self.rirs: list[np.ndarray] = [_unit_energy(_as_wave(h, "rir")) for h in rirs]
         self._lengths = {c: np.array([len(a) for a in w], dtype=np.int64) for c, w in self.categories.items()}
         self.max_rir = max((len(h) for h in self.rirs), default=1)
@@ -192,12 +193,28 @@ class NoiseBank:
         """Samples in each file of a category (int64), for drawing crop offsets."""
         return self._lengths[category]
 
+    def is_int16(self, category: str) -> bool:
+        """Whether the category holds int16 samples (crops then need a scale of 1/32768)."""
+        waves = self.categories[category]
+        return bool(waves) and waves[0].dtype == np.int16
+
     def crop(self, category: str, index: int, start: int, num_samples: int) -> np.ndarray:
-        """``file[(start + arange(num_samples)) % len(file)]``: a view when it fits, wrapped when the file is short."""
+        """``file[(start + arange(num_samples)) % len(file)]`` in the category's dtype (float32 or int16): a view
+        when it fits, wrapped when the file is short."""
         wave = self.categories[category][index]
         if start + num_samples <= len(wave):
             return wave[start : start + num_samples]
         return np.take(wave, np.arange(start, start + num_samples), mode="wrap")
+
+
+def _as_noises(waves: Sequence[np.ndarray], what: str) -> list[np.ndarray]:
+    """int16 arrays kept as they are (memmap views stay views) when all are int16; otherwise float32 copies."""
+    if waves and all(isinstance(a, np.ndarray) and a.dtype == np.int16 for a in waves):
+        for a in waves:
+            if a.ndim != 1 or len(a) == 0:
+                raise VoxfastError(f"{what}: expected a non-empty 1-D waveform, got shape {a.shape}")
+        return list(waves)
+    return [_as_wave(a, what) for a in waves]
 
 
 def _as_wave(a: np.ndarray, what: str) -> np.ndarray:
@@ -253,6 +270,8 @@ def _read_store(root: str, sub: str, sample_rate: int) -> list[np.ndarray]:
                            "(repack with --sample-rate, or set data.sample_rate)")
     prefix = f"{sub}/" if sub else ""
     chosen = sorted((utt, i) for i, utt in enumerate(store.utts) if utt.startswith(prefix))
+    if sub and store.dtype == "int16":  # noise categories: memmap views, no copy (see NoiseBank)
+        return [store.read_raw(i) for _, i in chosen]
     return [store.read(i) for _, i in chosen]
 
 
@@ -349,23 +368,29 @@ def add_noise(
 ) -> np.ndarray:
     """``x + sum_i g_i n_i`` with each g_i setting ``P_x / P(g_i n_i)`` to 10**(snr_i/10); float32.
 
-    Each noise must already be cropped to len(x). Every voice of a babble is scaled against the clean crop,
-    not against the sum, as in voxceleb_trainer. `out` (float32, len(x), may be `x` itself) receives the
-    result in place: a loader worker passes its batch-ring row, which saves an allocation and a copy per crop.
+    Each noise must already be cropped to len(x); an int16 noise is taken as samples / 32768 (an exact
+    conversion: the result equals that of its float32 file). Every voice of a babble is scaled against the
+    clean crop, not against the sum, as in voxceleb_trainer. `out` (float32, len(x), may be `x` itself)
+    receives the result in place: a loader worker passes its batch-ring row, which saves an allocation and a
+    copy per crop.
     """
     x = np.asarray(x, dtype=np.float32)
     p_x = _power(x)
-    gains = [np.float32(_gain(p_x, _power(np.asarray(n, dtype=np.float32)), float(s)))
-             for n, s in zip(noises, snrs, strict=True)]
+    if len(noises) != len(snrs):
+        raise ValueError(f"add_noise: {len(noises)} noises but {len(snrs)} SNRs")
     if out is None:
         out = np.empty_like(x)
     # Plain ufuncs, not BLAS saxpy: OpenBLAS threads axpy, and in two loader workers its spinning threads
     # slowed CPU augmentation 15x (measured with bench-loader).
     scratch = np.empty_like(x)
-    for i, (noise, gain) in enumerate(zip(noises, gains, strict=True)):
-        np.multiply(np.asarray(noise, dtype=np.float32), gain, out=scratch)
+    for i, (noise, snr) in enumerate(zip(noises, snrs, strict=True)):
+        if noise.dtype == np.int16:
+            noise = np.multiply(noise, np.float32(1.0 / 32768.0), out=scratch)
+        noise = np.asarray(noise, dtype=np.float32)
+        gain = np.float32(_gain(p_x, _power(noise), float(snr)))
+        np.multiply(noise, gain, out=scratch)
         np.add(x if i == 0 else out, scratch, out=out)
-    if not gains and out is not x:
+    if len(noises) == 0 and out is not x:
         out[:] = x
     return out
 
@@ -469,7 +494,8 @@ class DeviceBank:
     ``(start + arange(L)) % len`` index tensors and gathering with them. The layout costs N_files * (L - 1)
     extra samples (about 0.26 GB float32 for MUSAN's 2,016 files at 2 s) instead of padding every file to
     the longest (several times the audio for MUSAN music); it is built on the first batch and rebuilt only
-    if L changes. `dtype` float16 halves the memory; gathered crops are computed in float32.
+    if L changes. `dtype` float16 halves the memory; gathered crops are computed in float32. An int16 category
+    of the bank (from an int16 store) stays int16 here too: half the memory of float32, and exact.
 
     RIRs are an (N, Lmax) float32 matrix, zero-padded, which leaves a linear convolution unchanged. A plain
     class, not an nn.Module, so the bank never lands in a model's state_dict.
@@ -490,19 +516,23 @@ class DeviceBank:
             self._layout(num_samples)
         row = self._offsets[category][index] + start % self.bank.lengths(category)[index]
         rows = torch.from_numpy(np.ascontiguousarray(row, dtype=np.int64).ravel()).to(self.device)
-        return self._windows[category].index_select(0, rows).view(*row.shape, num_samples).float()
+        crops = self._windows[category].index_select(0, rows).view(*row.shape, num_samples).float()
+        return crops.mul_(1.0 / 32768.0) if self.bank.is_int16(category) else crops
 
     def _layout(self, num_samples: int) -> None:
         self._windows.clear()  # free the old layout before building the new one
         for category in CATEGORIES:
-            flat, self._offsets[category] = self._tiled(self.bank.categories[category], num_samples)
+            dtype = torch.int16 if self.bank.is_int16(category) else self.dtype
+            flat, self._offsets[category] = self._tiled(self.bank.categories[category], num_samples, dtype)
             self._windows[category] = flat.unfold(0, num_samples, 1)
         self.crop_len = num_samples
 
-    def _tiled(self, waves: list[np.ndarray], num_samples: int) -> tuple[torch.Tensor, np.ndarray]:
+    def _tiled(
+        self, waves: list[np.ndarray], num_samples: int, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, np.ndarray]:
         sizes = np.array([len(w) + num_samples - 1 for w in waves], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        flat = torch.zeros(max(int(offsets[-1]), num_samples), dtype=self.dtype, device=self.device)
+        flat = torch.zeros(max(int(offsets[-1]), num_samples), dtype=dtype, device=self.device)
         for wave, start, size in zip(waves, offsets[:-1], sizes, strict=False):  # per file, not per sample
             flat[start : start + size].copy_(torch.from_numpy(np.resize(wave, size)))  # np.resize tiles
         return flat, offsets[:-1]

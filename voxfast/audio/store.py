@@ -608,6 +608,10 @@ class PackedStore:
         """Utterance `i` as float32."""
         return self._to_float(self._segment(i))
 
+    def read_raw(self, i: int) -> np.ndarray:
+        """Utterance `i` in the store's dtype: a read-only memmap view, shared through the page cache."""
+        return self._segment(i)
+
     def crop(self, i: int, start: int, n: int) -> np.ndarray:
         """`n` samples of utterance `i` from `start`, wrapping around to its beginning past the end."""
         return self._to_float(self.crop_raw(i, start, n))
