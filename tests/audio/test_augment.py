@@ -343,7 +343,7 @@ def test_from_dirs_names_the_folder_of_a_missing_needed_category(musan):
     assert bank.categories["music"] == []
     with pytest.raises(VoxfastError, match=r"augment\.rir_dir is not set"):
         NoiseBank.from_dirs(str(noise_dir), None, mix=(1, 1, 0, 1, 1))
-    assert NoiseBank.from_dirs(str(noise_dir), None, mix=(1, 0, 0, 1, 1)).rirs == []
+    assert len(NoiseBank.from_dirs(str(noise_dir), None, mix=(1, 0, 0, 1, 1)).rirs) == 0
     assert NoiseBank.from_dirs(None, str(rir_dir)).categories == {"noise": [], "speech": [], "music": []}
 
 
@@ -389,6 +389,7 @@ def test_bank_from_packed_stores_equals_bank_from_folders(tmp_path):
             assert isinstance(a, np.memmap)  # mapped, not copied: one page cache for every worker and rank
             np.testing.assert_array_equal(a / np.float32(32768.0), b)
     np.testing.assert_array_equal(stores.rirs[0], folders.rirs[0])
+    assert not stores.rirs._raw[0].flags.owndata  # a view of the float32 store's map, not a copy
     # The int16 bank augments exactly like the float32 one, on the CPU and in the batched path.
     rng = np.random.default_rng(5)
     plans = [draw_plan(rng, AugmentSpec(), stores, 600) for _ in range(30)]
@@ -409,3 +410,23 @@ def test_add_noise_takes_int16_noise_as_samples_over_32768():
     np.testing.assert_array_equal(add_noise(x, ints, [5.0, 10.0, 15.0]), add_noise(x, floats, [5.0, 10.0, 15.0]))
     with pytest.raises(ValueError, match="3 noises but 2 SNRs"):
         add_noise(x, ints, [5.0, 10.0])
+
+
+def test_rirs_from_an_int16_store_are_mapped_and_equal_the_folders_unit_energy_rirs(tmp_path):
+    from voxfast.audio.store import pack_store
+    from voxfast.data.manifest import Utterance
+
+    rng = np.random.default_rng(12)
+    (tmp_path / "rirs").mkdir()
+    for i, n in enumerate((300, 1700)):
+        sf.write(tmp_path / "rirs" / f"r{i}.wav", _rir(rng, n) * 0.4, 16000, subtype="PCM_16")
+    files = sorted((tmp_path / "rirs").glob("*.wav"))
+    pack_store([Utterance(p.name, "x", str(p)) for p in files], tmp_path / "rirs.store", workers=0, progress=False)
+    folder = NoiseBank.from_dirs(None, str(tmp_path / "rirs"))
+    store = NoiseBank.from_dirs(None, str(tmp_path / "rirs.store"))
+    assert store.rirs._raw[0].dtype == np.int16 and isinstance(store.rirs._raw[0], np.memmap)
+    assert store.max_rir == folder.max_rir == 1700
+    for i in range(2):  # the unit-energy scale absorbs the 1/32768: the same float32 samples, bit for bit
+        np.testing.assert_array_equal(store.rirs[i], folder.rirs[i])
+        assert abs(np.sum(store.rirs[i].astype(np.float64) ** 2) - 1.0) < 1e-5
+        np.testing.assert_array_equal(store.rir_spectrum(i, 4096), folder.rir_spectrum(i, 4096))

@@ -116,7 +116,8 @@ class NoiseBank:
     int16 arrays stays int16 (samples / 32768 when used): from an int16 store these are memmap views, so all
     of MUSAN (~109 h: 25 GB as float32) costs 12.6 GB of page cache shared by every worker and every DDP rank
     instead of 25 GB per rank. Other categories are float32, shared copy-on-write with forked workers. RIRs are
-    float32 at unit energy so reverberation keeps the level.
+    kept as given too (memmap views of a store stay views) and scaled to unit energy as they are used, so
+    reverberation keeps the level.
     """
 
     def __init__(self, categories: Mapping[str, Sequence[np.ndarray]], rirs: Sequence[np.ndarray]) -> None:
@@ -124,9 +125,9 @@ class NoiseBank:
         if unknown:
             raise ValueError(f"unknown noise categories {sorted(unknown)}; expected {CATEGORIES}")
         self.categories: dict[str, list[np.ndarray]] = {c: _as_noises(categories.get(c, ()), c) for c in CATEGORIES}
-        self.rirs: list[np.ndarray] = [_unit_energy(_as_wave(h, "rir")) for h in rirs]
+        self.rirs = UnitEnergyRirs(rirs)
         self._lengths = {c: np.array([len(a) for a in w], dtype=np.int64) for c, w in self.categories.items()}
-        self.max_rir = max((len(h) for h in self.rirs), default=1)
+        self.max_rir = self.rirs.max_length
         self._rir_spectra: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._rir_cache_bytes = 0
 
@@ -207,6 +208,44 @@ class NoiseBank:
         return np.take(wave, np.arange(start, start + num_samples), mode="wrap")
 
 
+class UnitEnergyRirs(Sequence):
+    """RIRs as given (float32, or int16 / float32 memmap views of a store) read back at unit energy, float32.
+
+    Why not scaled copies: 60k simulated RIRs are ~3.8 GB of float32; from a store they stay in the shared
+    page cache rather than in every DDP rank. Reading one allocates its scaled copy, so the hot path reads
+    the cached spectra (NoiseBank.rir_spectrum) instead. An int16 RIR needs no 1/32768: the scale absorbs it.
+    """
+
+    def __init__(self, rirs: Sequence[np.ndarray]) -> None:
+        self._raw = [_as_rir(h) for h in rirs]
+        self._scale = [np.float32(_unit_scale(h)) for h in self._raw]
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    @property
+    def max_length(self) -> int:
+        """Samples of the longest RIR (1 when there are none)."""
+        return max((len(h) for h in self._raw), default=1)
+
+    def __getitem__(self, index: int) -> np.ndarray:  # type: ignore[override]
+        return np.multiply(self._raw[index], self._scale[index], dtype=np.float32)
+
+
+def _as_rir(h: np.ndarray) -> np.ndarray:
+    if isinstance(h, np.ndarray) and h.dtype == np.int16 and h.ndim == 1 and len(h):
+        return h
+    return _as_wave(h, "rir")
+
+
+def _unit_scale(h: np.ndarray) -> float:
+    h64 = h.astype(np.float64)
+    energy = float(np.dot(h64, h64))  # once per RIR: float64 for the scale only
+    if not energy > 0:
+        raise VoxfastError("an RIR has zero energy (all samples are 0); remove it from augment.rir_dir")
+    return 1.0 / math.sqrt(energy)
+
+
 def _as_noises(waves: Sequence[np.ndarray], what: str) -> list[np.ndarray]:
     """int16 arrays kept as they are (memmap views stay views) when all are int16; otherwise float32 copies."""
     if waves and all(isinstance(a, np.ndarray) and a.dtype == np.int16 for a in waves):
@@ -225,10 +264,7 @@ def _as_wave(a: np.ndarray, what: str) -> np.ndarray:
 
 
 def _unit_energy(h: np.ndarray) -> np.ndarray:
-    energy = float(np.dot(h.astype(np.float64), h))  # once per RIR: float64 for the scale only
-    if not energy > 0:
-        raise VoxfastError("an RIR has zero energy (all samples are 0); remove it from augment.rir_dir")
-    return h * np.float32(1.0 / math.sqrt(energy))
+    return h * np.float32(_unit_scale(h))
 
 
 def _needed_sources(mix: Sequence[float] | None, noise_dir: str | None, rir_dir: str | None) -> set[str]:
@@ -270,9 +306,7 @@ def _read_store(root: str, sub: str, sample_rate: int) -> list[np.ndarray]:
                            "(repack with --sample-rate, or set data.sample_rate)")
     prefix = f"{sub}/" if sub else ""
     chosen = sorted((utt, i) for i, utt in enumerate(store.utts) if utt.startswith(prefix))
-    if sub and store.dtype == "int16":  # noise categories: memmap views, no copy (see NoiseBank)
-        return [store.read_raw(i) for _, i in chosen]
-    return [store.read(i) for _, i in chosen]
+    return [store.read_raw(i) for _, i in chosen]  # memmap views, not copies (see NoiseBank)
 
 
 # ----------------------------------------------------------------------------------------------- plans
@@ -409,7 +443,10 @@ def reverberate(x: np.ndarray, rir: np.ndarray) -> np.ndarray:
     Equals ``scipy.signal.convolve(x, rir / ||rir||, mode='full')[:len(x)]``: the FFT is zero-padded to at
     least len(x) + len(rir) - 1, so a late sound's tail is cut off rather than wrapped onto the start.
     """
-    return _convolve_crop(np.asarray(x, dtype=np.float32), _unit_energy(_as_wave(rir, "rir")))
+    x = np.asarray(x, dtype=np.float32)
+    h = _unit_energy(_as_wave(rir, "rir"))
+    nfft = fft_size(len(x) + len(h) - 1)
+    return _convolve_crop(x, scipy.fft.rfft(h, nfft), nfft)
 
 
 def fft_size(n: int) -> int:
@@ -426,12 +463,11 @@ def fft_size(n: int) -> int:
     return best
 
 
-def _convolve_crop(x: np.ndarray, h: np.ndarray, h_spectrum: np.ndarray | None = None, nfft: int = 0) -> np.ndarray:
-    n = len(x)
-    nfft = nfft or fft_size(n + len(h) - 1)
+def _convolve_crop(x: np.ndarray, h_spectrum: np.ndarray, nfft: int) -> np.ndarray:
+    """x convolved with the RIR whose `nfft`-point rfft is `h_spectrum` (nfft >= len(x) + len(rir) - 1), cropped."""
     spec = scipy.fft.rfft(x, nfft)  # float32 in, complex64 out
-    spec *= scipy.fft.rfft(h, nfft) if h_spectrum is None else h_spectrum
-    return scipy.fft.irfft(spec, nfft, overwrite_x=True)[:n]
+    spec *= h_spectrum
+    return scipy.fft.irfft(spec, nfft, overwrite_x=True)[: len(x)]
 
 
 def augment_numpy(x: np.ndarray, plan: Plan, bank: NoiseBank, out: np.ndarray | None = None) -> np.ndarray:
@@ -447,7 +483,7 @@ def augment_numpy(x: np.ndarray, plan: Plan, bank: NoiseBank, out: np.ndarray | 
         return x if out is None else out
     if plan.kind == REVERB:
         nfft = bank.reverb_fft_size(len(x))
-        y = _convolve_crop(x, bank.rirs[plan.rir], bank.rir_spectrum(plan.rir, nfft), nfft)
+        y = _convolve_crop(x, bank.rir_spectrum(plan.rir, nfft), nfft)
         if out is None:
             return y
         out[:] = y
@@ -505,7 +541,7 @@ class DeviceBank:
         self.device = torch.device(device)
         self.dtype = dtype
         self.bank = bank
-        self.rirs = _padded(bank.rirs, self.device)
+        self.rirs = _padded(bank.rirs, self.device)  # (N, longest) float32: ~3.8 GB for 60k 1 s RIRs
         self.crop_len = 0  # L of the current layout; 0 until the first gather
         self._windows: dict[str, torch.Tensor] = {}  # category -> (samples - L + 1, L) view of the flat layout
         self._offsets: dict[str, np.ndarray] = {}  # category -> where each file starts in the layout (host)
@@ -538,8 +574,8 @@ class DeviceBank:
         return flat, offsets[:-1]
 
 
-def _padded(waves: list[np.ndarray], device: torch.device) -> torch.Tensor:
-    out = torch.zeros(len(waves), max((len(w) for w in waves), default=1), dtype=torch.float32, device=device)
+def _padded(waves: UnitEnergyRirs, device: torch.device) -> torch.Tensor:
+    out = torch.zeros(len(waves), waves.max_length, dtype=torch.float32, device=device)
     for i, wave in enumerate(waves):  # per RIR, not per sample
         out[i, : len(wave)].copy_(torch.from_numpy(wave))
     return out
