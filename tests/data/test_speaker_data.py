@@ -266,12 +266,13 @@ def test_a_batch_fetch_transforms_reverb_rows_together_with_the_same_result(tmp_
     np.testing.assert_allclose(single.ring.buffer[1].numpy(), ds.ring.buffer[1].numpy(), atol=1e-6)
 
 
-@pytest.mark.parametrize(("suffix", "subtype"), [(".wav", "PCM_16"), (".wav", "FLOAT"), (".flac", "PCM_16")])
-def test_file_crops_converted_into_the_ring_equal_plain_crops(tmp_path, suffix, subtype):
+@pytest.mark.parametrize(("suffix", "subtype", "channels"),
+                         [(".wav", "PCM_16", 1), (".wav", "PCM_16", 2), (".wav", "FLOAT", 1), (".flac", "PCM_16", 2)])
+def test_file_crops_converted_into_the_ring_equal_plain_crops(tmp_path, suffix, subtype, channels):
     """CPU augmentation reads a file crop straight into its ring row, through the fast path or soundfile."""
     paths = []
     for i, n in enumerate((8000, 500)):  # the second is shorter than the crop: wrap-padded
-        x = np.random.default_rng(i).uniform(-0.5, 0.5, n).astype(np.float32)
+        x = np.random.default_rng(i).uniform(-0.5, 0.5, (n, channels)).astype(np.float32)
         paths.append(str(tmp_path / f"u{i}{suffix}"))
         sf.write(paths[-1], x, 16000, subtype=subtype)
     source = FileSource(paths, 16000)

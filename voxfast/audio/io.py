@@ -54,7 +54,7 @@ def read_random_crop(
     decode. A file at another rate is rejected, or with `resample_mismatch` read at its own rate
     (the matching span) and resampled. `dtype="int16"` decodes 16-bit PCM straight to int16 (half the
     bytes to move between processes); float files still go through float32 so their NaNs are caught.
-    `dtype="native"` gives 16-bit PCM as int16 and anything else as float32, losslessly: a caller that
+    `dtype="native"` gives 16-bit mono PCM as int16 and anything else as float32, losslessly: a caller that
     converts into its own buffer saves a temporary array and a NaN scan of integer samples.
     """
     if dtype not in ("float32", "int16", "native"):
@@ -68,6 +68,8 @@ def read_random_crop(
             data, rate = _soundfile_crop(path, num_samples, rng, sample_rate, resample_mismatch, dtype)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise AudioLoadError(f"cannot read audio {path}: {exc}") from exc
+    if dtype == "native" and data.dtype == np.int16 and data.shape[1] > 1:
+        data = _to_float(data)  # the downmix of int16 would round: average in float, as the float32 read does
     if sample_rate is not None and rate != sample_rate and resample_mismatch:
         data = resample(data[:, 0] if data.shape[1] == 1 else data.mean(axis=1), rate, sample_rate)[:num_samples, None]
         rate = sample_rate
