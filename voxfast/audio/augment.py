@@ -418,6 +418,7 @@ def add_noise(
     # slowed CPU augmentation 15x (measured with bench-loader).
     scratch = np.empty_like(x)
     for i, (noise, snr) in enumerate(zip(noises, snrs, strict=True)):
+        noise = np.asarray(noise)
         if noise.dtype == np.int16:
             noise = np.multiply(noise, np.float32(1.0 / 32768.0), out=scratch)
         noise = np.asarray(noise, dtype=np.float32)
