@@ -25,7 +25,7 @@ import numpy as np
 import scipy.fft
 import torch
 
-from voxfast.audio.io import read_audio
+from voxfast.audio.io import read_audio, to_float32
 from voxfast.audio.store import PackedStore, is_store
 from voxfast.errors import ConfigError, VoxfastError
 
@@ -217,7 +217,7 @@ class UnitEnergyRirs(Sequence):
     """
 
     def __init__(self, rirs: Sequence[np.ndarray]) -> None:
-        self._raw = [_as_rir(h) for h in rirs]
+        self._raw = [_as_samples(h, "rir") for h in rirs]
         self._scale = [np.float32(_unit_scale(h)) for h in self._raw]
 
     def __len__(self) -> int:
@@ -232,10 +232,13 @@ class UnitEnergyRirs(Sequence):
         return np.multiply(self._raw[index], self._scale[index], dtype=np.float32)
 
 
-def _as_rir(h: np.ndarray) -> np.ndarray:
-    if isinstance(h, np.ndarray) and h.dtype == np.int16 and h.ndim == 1 and len(h):
-        return h
-    return _as_wave(h, "rir")
+def _as_samples(a: np.ndarray, what: str) -> np.ndarray:
+    """An int16 waveform as it is (a memmap view stays a view), anything else as a float32 waveform."""
+    if isinstance(a, np.ndarray) and a.dtype == np.int16:
+        if a.ndim != 1 or len(a) == 0:
+            raise VoxfastError(f"{what}: expected a non-empty 1-D waveform, got shape {a.shape}")
+        return a
+    return _as_wave(a, what)
 
 
 def _unit_scale(h: np.ndarray) -> float:
@@ -249,10 +252,7 @@ def _unit_scale(h: np.ndarray) -> float:
 def _as_noises(waves: Sequence[np.ndarray], what: str) -> list[np.ndarray]:
     """int16 arrays kept as they are (memmap views stay views) when all are int16; otherwise float32 copies."""
     if waves and all(isinstance(a, np.ndarray) and a.dtype == np.int16 for a in waves):
-        for a in waves:
-            if a.ndim != 1 or len(a) == 0:
-                raise VoxfastError(f"{what}: expected a non-empty 1-D waveform, got shape {a.shape}")
-        return list(waves)
+        return [_as_samples(a, what) for a in waves]
     return [_as_wave(a, what) for a in waves]
 
 
@@ -419,9 +419,7 @@ def add_noise(
     scratch = np.empty_like(x)
     for i, (noise, snr) in enumerate(zip(noises, snrs, strict=True)):
         noise = np.asarray(noise)
-        if noise.dtype == np.int16:
-            noise = np.multiply(noise, np.float32(1.0 / 32768.0), out=scratch)
-        noise = np.asarray(noise, dtype=np.float32)
+        noise = to_float32(noise, out=scratch) if noise.dtype == np.int16 else np.asarray(noise, dtype=np.float32)
         gain = np.float32(_gain(p_x, _power(noise), float(snr)))
         np.multiply(noise, gain, out=scratch)
         np.add(x if i == 0 else out, scratch, out=out)

@@ -32,7 +32,7 @@ def read_audio(path: str | Path, start: int = 0, frames: int = -1, sample_rate: 
         wav = Pcm16Wav.open(path) if start >= 0 else None
         if wav is not None:
             with wav:
-                data, rate = _to_float(wav.read(start, wav.frames if frames < 0 else frames)), wav.samplerate
+                data, rate = to_float32(wav.read(start, wav.frames if frames < 0 else frames)), wav.samplerate
         else:
             data, rate = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
@@ -63,13 +63,13 @@ def read_random_crop(
         fast = _pcm16_crop(path, num_samples, rng, sample_rate)
         if fast is not None:
             data, rate = fast
-            data = _to_float(data) if dtype == "float32" else data
+            data = to_float32(data) if dtype == "float32" else data
         else:
             data, rate = _soundfile_crop(path, num_samples, rng, sample_rate, resample_mismatch, dtype)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise AudioLoadError(f"cannot read audio {path}: {exc}") from exc
     if dtype == "native" and data.dtype == np.int16 and data.shape[1] > 1:
-        data = _to_float(data)  # the downmix of int16 would round: average in float, as the float32 read does
+        data = to_float32(data)  # the downmix of int16 would round: average in float, as the float32 read does
     if sample_rate is not None and rate != sample_rate and resample_mismatch:
         data = resample(data[:, 0] if data.shape[1] == 1 else data.mean(axis=1), rate, sample_rate)[:num_samples, None]
         rate = sample_rate
@@ -121,9 +121,15 @@ def _crop_start(total: int, need: int, rng: np.random.Generator) -> int:
     return int(rng.integers(0, total - need + 1)) if total > need else 0
 
 
-def _to_float(data: np.ndarray) -> np.ndarray:
-    """int16 samples as float32 in [-1, 1): x / 32768, exactly libsndfile's conversion."""
-    return np.multiply(data, np.float32(1.0 / 32768.0), dtype=np.float32)
+def to_float32(samples: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Samples as float32 in [-1, 1): int16 / 32768 (exact, libsndfile's conversion), float as is; one pass,
+    into `out` when given (a ring row or a scratch buffer), so callers need no temporary array."""
+    if samples.dtype == np.int16:
+        return np.multiply(samples, np.float32(1.0 / 32768.0), out=out, dtype=np.float32)
+    if out is None:
+        return np.asarray(samples, dtype=np.float32)
+    out[:] = samples
+    return out
 
 
 def resample(x: np.ndarray, src: int, dst: int) -> np.ndarray:

@@ -27,7 +27,7 @@ from voxfast.audio.augment import (
     reverberate_rows,
     stack_plans,
 )
-from voxfast.audio.io import read_audio, read_random_crop, resample
+from voxfast.audio.io import read_audio, read_random_crop, resample, to_float32
 from voxfast.audio.store import PackedStore
 from voxfast.errors import AudioLoadError, VoxfastError
 
@@ -103,11 +103,7 @@ class FileSource:
         """:meth:`random_crop` of len(out) samples written into `out` (float32), 16-bit PCM converted in one pass."""
         crop = read_random_crop(self.paths[index], len(out), rng, self.sample_rate, self.resample_mismatch,
                                 dtype="native")
-        if crop.dtype == np.int16:
-            np.multiply(crop, np.float32(INT16_SCALE), out=out)
-        else:
-            out[:] = crop
-        return out
+        return to_float32(crop, out)
 
 
 class StoreSource:
@@ -125,12 +121,7 @@ class StoreSource:
 
     def random_crop_into(self, index: int, rng: np.random.Generator, out: np.ndarray) -> np.ndarray:
         """:meth:`random_crop` of len(out) samples written into `out` (float32): one pass, no temporary array."""
-        raw = self.store.random_crop_raw(index, len(out), rng)
-        if self.store.dtype == "int16":
-            np.multiply(raw, np.float32(INT16_SCALE), out=out)
-        else:
-            out[:] = raw
-        return out
+        return to_float32(self.store.random_crop_raw(index, len(out), rng), out)
 
     def random_crop_int16(self, index: int, num_samples: int, rng: np.random.Generator) -> np.ndarray:
         if self.store.dtype != "int16":
