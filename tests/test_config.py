@@ -84,6 +84,26 @@ def test_value_checks():
         load_config(None, ["train.epochs=0"])
 
 
+def test_augment_settings_are_checked_once_for_configs_and_specs():
+    from voxfast.audio.augment import AugmentSpec
+    from voxfast.config import augment_problems
+
+    defaults = {"mix": (1.0,) * 5, "noise_snr": (0.0, 15.0), "music_snr": (5.0, 15.0), "speech_snr": (13.0, 20.0),
+                "babble_count": (3, 7)}
+    assert augment_problems(**defaults) == []
+    cases = [("augment.mix=0,0,0,0,0", {"mix": (0.0,) * 5}), ("augment.noise_snr=10,5", {"noise_snr": (10.0, 5.0)}),
+             ("augment.music_snr=5,inf", {"music_snr": (5.0, float("inf"))}),
+             ("augment.babble_count=3,8", {"babble_count": (3, 8)})]
+    for override, bad in cases:
+        (problem,) = augment_problems(**(defaults | bad))
+        assert problem.startswith(override.split("=")[0] + ":")
+        with pytest.raises(ConfigError) as from_config:
+            load_config(None, [override])
+        with pytest.raises(ConfigError) as from_spec:
+            AugmentSpec(**bad)
+        assert problem in str(from_config.value) and problem in str(from_spec.value)
+
+
 def test_missing_file_names_it(tmp_path):
     with pytest.raises(ConfigError, match=r"config file not found: .*nope\.yaml"):
         load_config(tmp_path / "nope.yaml")

@@ -73,7 +73,7 @@ def test_speaker_run_resumed_mid_epoch_matches_an_uninterrupted_one(corpus, tmp_
         cfg = load_config(None, _args(corpus, out, "train.epochs=2", "data.num_workers=1", "train.checkpoint_every=1",
                                       *extra), [ROOT / "configs" / "presets" / "reproducible.yaml"])
         task = SpeakerTask(cfg)
-        return Trainer(task, cfg.train, out, task.checkpoint_extra())
+        return Trainer(task, cfg.train, out)
 
     full = trainer(tmp_path / "full")
     full.fit()

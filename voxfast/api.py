@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from voxfast.audio.io import read_audio, resample
 from voxfast.errors import VoxfastError
+from voxfast.runtime import resolve_device
 from voxfast.train.checkpoint import load_checkpoint
-from voxfast.train.trainer import resolve_device
 
 Audio = str | Path | np.ndarray | torch.Tensor
 

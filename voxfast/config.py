@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
+import math
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -122,7 +125,7 @@ class ImageConfig:
     image_size: int = 32  # folder images are resized to image_size x image_size
     crop_padding: int = 4  # random crop after zero-padding by this many pixels (on the device, in batch)
     flip: bool = True  # random horizontal flips (on the device, in batch)
-    model: Literal["se_resnet_image"] = "se_resnet_image"  # SE-ResNet built from the speaker models' blocks
+    model: str = "se_resnet_image"  # a registered image model (`voxfast models`): SE-ResNet of the speaker blocks
     width: int = 32  # channels of the first stage (doubled per stage)
     blocks: tuple[int, int, int] = (1, 1, 1)  # SE blocks per stage
 
@@ -138,7 +141,7 @@ class EEGConfig:
     split: Literal["group", "random"] = "group"  # group: no subject/run in both train and validation
     bandpass: tuple[float, float] | None = None  # Hz, zero-phase Butterworth before standardisation
     time_shift: int = 0  # max random shift in samples (augmentation, on the device)
-    model: Literal["eegnet", "se_resnet1d"] = "eegnet"
+    model: str = "eegnet"  # a registered EEG model (`voxfast models`): eegnet or se_resnet1d
 
 
 @dataclass
@@ -158,13 +161,14 @@ def load_config(
 ) -> Config:
     """Build a Config from an optional YAML file, preset files laid over it, then ``section.key=value`` overrides.
 
-    A preset is a partial config (e.g. configs/presets/speed.yaml): its keys replace the file's, so a recipe
-    keeps its data and model while the preset decides how fast or how reproducibly it runs; command-line
-    overrides come last. Raises ConfigError listing every unknown key, wrong type and malformed override.
+    `path` is a YAML file or the name of a config shipped with voxfast (`demo`); a preset is a YAML file or a
+    shipped preset's name (`speed`, `reproducible`). A preset is a partial config: its keys replace the file's,
+    so a recipe keeps its data and model while the preset decides how fast or how reproducibly it runs;
+    command-line overrides come last. Raises ConfigError listing every unknown key, wrong type and malformed override.
     """
-    raw: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
+    raw: dict[str, Any] = _read_yaml(find_config(path)) if path is not None else {}
     for preset in presets:
-        _merge(raw, _read_yaml(Path(preset)))
+        _merge(raw, _read_yaml(find_preset(preset)))
     errors: list[str] = []
     for item in overrides:
         _apply_override(raw, item, errors)
@@ -198,9 +202,52 @@ def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
+def shipped_configs(folder: str = "") -> list[str]:
+    """Names of the configs shipped in the package (`folder="presets"`: the presets), sorted."""
+    root = _SHIPPED.joinpath(folder) if folder else _SHIPPED
+    return sorted(p.name.removesuffix(".yaml") for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def find_config(name: str | Path) -> Path:
+    """A config file: an existing path, else the shipped config of that name (`demo` or `demo.yaml`).
+
+    Shipped configs are package data, so they are found after a plain `pip install` as well as in a checkout.
+    """
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = _shipped_file("", str(name))
+    if shipped is None:
+        raise ConfigError(f"config file not found: {name} (pass an existing YAML file or the name of a shipped "
+                          f"config: {', '.join(shipped_configs())})")
+    return shipped
+
+
+def find_preset(name: str | Path) -> Path:
+    """A preset: a YAML file (named by a .yaml/.yml path), else the shipped preset of that name (`speed`)."""
+    if Path(name).suffix in (".yaml", ".yml"):
+        return Path(name)
+    shipped = _shipped_file("presets", str(name))
+    if shipped is None:
+        raise ConfigError(f"unknown preset {str(name)!r}: choose one of {shipped_configs('presets')} or pass a "
+                          "YAML file")
+    return shipped
+
+
+def _shipped_file(folder: str, name: str) -> Path | None:
+    stem = name.removesuffix(".yaml")
+    if not stem or "/" in stem or stem not in shipped_configs(folder):
+        return None
+    return Path(str((_SHIPPED.joinpath(folder) if folder else _SHIPPED).joinpath(f"{stem}.yaml")))
+
+
+_SHIPPED = importlib.resources.files("voxfast").joinpath("configs")  # package data: voxfast/configs/
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path} (pass an existing YAML file, e.g. configs/demo.yaml)")
+        raise ConfigError(f"config file not found: {path} (pass an existing YAML file or a shipped config name, "
+                          "e.g. demo)")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -406,16 +453,40 @@ def _check_values(cfg: Config) -> list[str]:
     return errors
 
 
+# The augmentation kinds that augment.mix weighs, in its order (voxfast.audio.augment numbers them so).
+AUGMENT_KINDS = ("none", "reverb", "music", "babble", "noise")
+MAX_BABBLE = 7  # most voices in one babble crop: an augmentation plan has this many noise slots
+
+
+def augment_problems(
+    mix: Sequence[float],
+    noise_snr: Sequence[float],
+    music_snr: Sequence[float],
+    speech_snr: Sequence[float],
+    babble_count: Sequence[int],
+) -> list[str]:
+    """Every problem of an augmentation distribution, one message each, named by its ``augment.*`` key.
+
+    The one check for both callers: config validation (every problem of a file at once) and
+    :class:`voxfast.audio.augment.AugmentSpec` (built by tools and tests without a config), so the two accept
+    and reject the same settings with the same words.
+    """
+    problems = []
+    if len(mix) != len(AUGMENT_KINDS) or not all(math.isfinite(w) and w >= 0 for w in mix) or sum(mix) <= 0:
+        problems.append(f"augment.mix: expected {len(AUGMENT_KINDS)} weights >= 0 ({', '.join(AUGMENT_KINDS)}) "
+                        f"with a positive sum, got {list(mix)}")
+    for name, (lo, hi) in (("noise_snr", noise_snr), ("music_snr", music_snr), ("speech_snr", speech_snr)):
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+            problems.append(f"augment.{name}: expected finite [low, high] dB with low <= high, got {[lo, hi]}")
+    lo, hi = babble_count
+    if not 1 <= lo <= hi <= MAX_BABBLE:
+        problems.append(f"augment.babble_count: expected [low, high] voices with 1 <= low <= high <= {MAX_BABBLE}, "
+                        f"got {[lo, hi]}")
+    return problems
+
+
 def _check_augment(aug: AugmentConfig) -> list[str]:
-    errors = []
-    if min(aug.mix) < 0 or sum(aug.mix) <= 0:
-        errors.append(f"augment.mix: weights must be >= 0 with a positive sum, got {list(aug.mix)}")
-    for name in ("noise_snr", "music_snr", "speech_snr", "babble_count"):
-        lo, hi = getattr(aug, name)
-        if lo > hi:
-            errors.append(f"augment.{name}: expected [low, high] with low <= high, got [{lo}, {hi}]")
-    if not 1 <= aug.babble_count[0] <= aug.babble_count[1] <= 7:
-        errors.append(f"augment.babble_count: must lie within [1, 7], got {list(aug.babble_count)}")
+    errors = augment_problems(aug.mix, aug.noise_snr, aug.music_snr, aug.speech_snr, aug.babble_count)
     if aug.enabled:
         _, reverb, music, babble, noise = aug.mix
         if reverb > 0 and not aug.rir_dir:

@@ -44,3 +44,23 @@ def test_empty_file_is_an_audio_load_error(tmp_path):
     sf.write(tmp_path / "empty.wav", np.zeros(0, dtype=np.float32), 16000)
     with pytest.raises(io.AudioLoadError, match=r"empty\.wav"):
         read_random_crop(tmp_path / "empty.wav", 100, np.random.default_rng(0), 16000)
+
+
+def test_find_audio_files_lists_every_audio_file_below_a_folder_sorted(tmp_path):
+    for rel in ("b/z.FLAC", "b/a.wav", "a.ogg", "c/d/e.Wav", "notes.txt", "b/x.mp3"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    (tmp_path / "folder.wav").mkdir()  # a folder is not a file, whatever its name
+    found = io.find_audio_files(str(tmp_path))
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a.ogg", "b/a.wav", "b/z.FLAC", "c/d/e.Wav"]
+    assert io.find_audio_files(tmp_path / "c") == [tmp_path / "c" / "d" / "e.Wav"]
+    assert io.AUDIO_SUFFIXES_TEXT == ".wav, .flac or .ogg"
+
+
+def test_int16_conversions_are_exact_inverses_on_the_pcm16_scale():
+    pcm = np.arange(-32768, 32768, dtype=np.int16)
+    floats = io.to_float32(pcm)
+    np.testing.assert_array_equal(floats, pcm.astype(np.float64) / io.PCM16_SCALE)
+    np.testing.assert_array_equal(io.to_int16(floats), pcm)
+    clipped_and_rounded = io.to_int16(np.array([1.0, -1.5, 2.5 / io.PCM16_SCALE], np.float32))
+    np.testing.assert_array_equal(clipped_and_rounded, [32767, -32768, 2])  # ties round to even

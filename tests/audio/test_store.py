@@ -90,6 +90,8 @@ def test_float32_store_keeps_float_samples_exactly(tmp_path: Path) -> None:
     expected = sf.read(path, dtype="float32")[0]
     assert store.dtype == "float32" and np.abs(expected).max() > 1
     np.testing.assert_array_equal(store.read(0), expected)
+    # float crops are copies, not read-only memmap views: callers augment them in place
+    assert store.read(0).flags.writeable and store.crop(0, 10, 100).flags.writeable
 
 
 def test_crop_is_a_slice_and_wraps_past_the_end(corpus: list[Utterance], tmp_path: Path) -> None:

@@ -16,11 +16,11 @@ from voxfast.bench.train import (
     run_train_bench,
     speed_config,
 )
-from voxfast.cli import REPO_CONFIGS, main
-from voxfast.config import load_config
+from voxfast.cli import main
+from voxfast.config import find_config, find_preset, load_config
 
-DEMO = REPO_CONFIGS / "demo.yaml"
-SPEED_YAML = REPO_CONFIGS / "presets" / "speed.yaml"
+DEMO = find_config("demo")
+SPEED_YAML = find_preset("speed")
 
 
 def _configs(root):

@@ -14,12 +14,12 @@ from voxfast.bench.tune import (
     tune,
     worker_candidates,
 )
-from voxfast.cli import REPO_CONFIGS, main
-from voxfast.config import load_config
+from voxfast.cli import main
+from voxfast.config import find_config, load_config
 from voxfast.errors import VoxfastError
 from voxfast.tasks.speaker import SpeakerTask
 
-DEMO = REPO_CONFIGS / "demo.yaml"
+DEMO = find_config("demo")
 CPU = torch.device("cpu")
 
 

@@ -8,6 +8,8 @@ from voxfast.audio.features import crop_samples
 from voxfast.audio.io import read_audio, read_random_crop
 from voxfast.data.speaker import (
     BatchRing,
+    CropItem,
+    CropKey,
     FileSource,
     RingBatches,
     SpeakerBatchSampler,
@@ -151,6 +153,27 @@ def test_int16_transport_carries_the_same_crops(tmp_path):
     as_int16 = _epoch(_crops(FileSource(paths, 16000), labels, dtype=torch.int16), labels, 3, workers=1)[0]
     assert as_int16.dtype == torch.int16
     torch.testing.assert_close(to_float_wave(as_int16), as_float, rtol=0, atol=0)  # 16-bit PCM: exact
+
+
+def test_ring_batches_key_items_by_name_and_items_name_their_parts(tmp_path):
+    from voxfast.audio.augment import NOISE, Augmentation, AugmentSpec, NoiseBank
+
+    paths = _files(tmp_path)
+    labels = list(range(6))
+    sampler = RingBatches(SpeakerBatchSampler(labels, batch_size=3, seed=1), slots=2)
+    batches = list(sampler)
+    assert all(isinstance(key, CropKey) for batch in batches for key in batch)
+    assert [[(k.slot, k.row) for k in b] for b in batches] == [[(j % 2, r) for r in range(3)] for j in range(2)]
+    bank = NoiseBank.from_arrays(noise=[np.ones(3000, np.float32)])
+    ds = _crops(FileSource(paths, 16000), labels, batch=3, augment=(AugmentSpec(mix=(0, 0, 0, 0, 1)), bank),
+                augment_on_device=True)
+    assert isinstance(ds.augment, Augmentation) and ds.augment.bank is bank  # a (spec, bank) pair is named too
+    items = ds.__getitems__(batches[1])
+    assert all(isinstance(item, CropItem) for item in items)
+    assert [item.label for item in items] == [labels[k.index] for k in batches[1]]
+    assert {item.slot for item in items} == {1} and all(item.plan.kind == NOISE for item in items)
+    batch = collate_crops(items)
+    assert batch["slot"] == 1 and batch["aug"]["kind"].tolist() == [NOISE] * 3
 
 
 def test_item_rng_is_a_pure_function_of_the_seed():

@@ -51,7 +51,7 @@ def test_store_with_device_augmentation_sends_int16_and_plans(corpus, tmp_path):
     assert out["n"] == 4 and torch.isfinite(out["loss"])
     augmented = task._augment_on_device(clean, batch["aug"], torch.device("cpu"))
     assert not torch.allclose(augmented, clean)  # every crop got reverb or noise
-    summary = Trainer(task, cfg.train, tmp_path / "run", task.checkpoint_extra()).fit()
+    summary = Trainer(task, cfg.train, tmp_path / "run").fit()
     assert summary["steps"] == 4 and summary["skipped_files"] == 0
 
 
@@ -63,7 +63,7 @@ def test_cpu_augmentation_with_speed_perturbation(corpus, tmp_path):
     assert task.build_model().head.weight.shape[0] == 3 * SPEC.train_speakers
     batch = _first_batch(task)
     assert task.dataset.batch_wave(batch).dtype == torch.float32 and "aug" not in batch
-    assert Trainer(task, cfg.train, tmp_path / "run", task.checkpoint_extra()).fit()["steps"] == 4
+    assert Trainer(task, cfg.train, tmp_path / "run").fit()["steps"] == 4
 
 
 def test_bad_files_are_skipped_and_counted_in_the_epoch_summary(corpus, tmp_path, caplog):
@@ -75,7 +75,7 @@ def test_bad_files_are_skipped_and_counted_in_the_epoch_summary(corpus, tmp_path
     cfg = _cfg(corpus, tmp_path, f"data.train_list={lst}", f"data.train_root={corpus}", "train.epochs=3")
     task = SpeakerTask(cfg)
     with caplog.at_level(logging.INFO):
-        summary = Trainer(task, cfg.train, tmp_path / "run", task.checkpoint_extra()).fit()
+        summary = Trainer(task, cfg.train, tmp_path / "run").fit()
     assert summary["skipped_files"] >= 1
     epochs = [r.getMessage() for r in caplog.records if "unreadable files skipped" in r.getMessage()]
     assert len(epochs) == 3
@@ -93,7 +93,7 @@ def test_margin_ramp_is_driven_by_the_trainer_and_logged(corpus, tmp_path):
     cfg = _cfg(corpus, tmp_path, "train.epochs=2", "head.margin=0.3", "head.margin_ramp=0.5,1.5",
                "head.margin_increase=linear", "head.name=sub_center_aam", "head.sub_centers=2", "head.top_k=2")
     task = SpeakerTask(cfg)
-    trainer = Trainer(task, cfg.train, tmp_path / "run", task.checkpoint_extra())
+    trainer = Trainer(task, cfg.train, tmp_path / "run")
     assert trainer.model.head.weight.shape[0] == 2 * SPEC.train_speakers
     trainer.fit()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

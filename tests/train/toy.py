@@ -14,12 +14,13 @@ from torch import nn
 
 from voxfast.config import TrainConfig
 from voxfast.train.distributed import DistInfo, env_info, init_distributed, shutdown
+from voxfast.train.task import Task
 from voxfast.train.trainer import Trainer
 
 WEIGHTS = torch.tensor([1.0, -2.0, 0.5, 3.0])
 
 
-class ToyTask:
+class ToyTask(Task):
     """Linear regression on 4 features, shuffled per epoch by (seed, epoch); rank r takes every world-th sample.
 
     Each global batch of `global_batch` samples is the same whatever the number of processes, so DDP runs

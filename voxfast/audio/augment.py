@@ -19,25 +19,21 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 import numpy as np
 import scipy.fft
 import torch
 
-from voxfast.audio.io import read_audio, to_float32
+from voxfast.audio.io import AUDIO_SUFFIXES_TEXT, PCM16_SCALE, find_audio_files, read_audio, to_float32
 from voxfast.audio.store import PackedStore, is_store
+from voxfast.config import AUGMENT_KINDS, MAX_BABBLE, AugmentConfig, augment_problems
 from voxfast.errors import ConfigError, VoxfastError
 
-if TYPE_CHECKING:
-    from voxfast.config import AugmentConfig
-
-KINDS = ("none", "reverb", "music", "babble", "noise")
+KINDS = AUGMENT_KINDS  # what AugmentSpec.mix weighs, in this order (the config's order)
 NONE, REVERB, MUSIC, BABBLE, NOISE = range(len(KINDS))
-MAX_BABBLE = 7
 CATEGORIES = ("noise", "speech", "music")  # MUSAN sub-folders
 KIND_CATEGORY = {MUSIC: "music", BABBLE: "speech", NOISE: "noise"}  # the bank category an additive kind draws from
-_AUDIO_SUFFIXES = (".wav", ".flac")
 _EPS = 1e-10  # only guards P_n = 0 (a silent noise crop); small enough not to move the achieved SNR
 
 
@@ -61,7 +57,7 @@ class AugmentSpec:
     _last: int = field(init=False, repr=False, compare=False)  # last kind of positive weight
 
     def __post_init__(self) -> None:
-        problems = _spec_problems(self)
+        problems = augment_problems(self.mix, self.noise_snr, self.music_snr, self.speech_snr, self.babble_count)
         if problems:
             raise ConfigError("invalid augmentation settings: " + "; ".join(problems))
         total = math.fsum(self.mix)
@@ -84,25 +80,17 @@ class AugmentSpec:
     def draw_kind(self, rng: np.random.Generator) -> int:
         """A kind index with probability `mix`; a zero weight is never drawn (its CDF step is empty).
 
-        Bisecting a cached CDF costs ~1 us where ``rng.choice(p=...)`` costs ~20 us, per crop.
+        Bisecting a cached CDF is one binary search over a few floats, where ``rng.choice(p=...)`` checks `p`
+        and rebuilds its CDF on every call, and a kind is drawn for every crop.
         """
         return min(bisect.bisect_right(self._cdf, rng.random()), self._last)  # min: cdf[-1] may round below 1
 
 
-def _spec_problems(spec: AugmentSpec) -> list[str]:
-    problems = []
-    if len(spec.mix) != len(KINDS) or not all(math.isfinite(w) and w >= 0 for w in spec.mix) or sum(spec.mix) <= 0:
-        problems.append(f"augment.mix: expected {len(KINDS)} non-negative weights ({', '.join(KINDS)}) "
-                        f"with a positive sum, got {list(spec.mix)}")
-    for name in ("noise_snr", "music_snr", "speech_snr"):
-        lo, hi = getattr(spec, name)
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
-            problems.append(f"augment.{name}: expected [low, high] dB with low <= high, got {[lo, hi]}")
-    lo, hi = spec.babble_count
-    if not 1 <= lo <= hi <= MAX_BABBLE:
-        problems.append(f"augment.babble_count: expected [low, high] with 1 <= low <= high <= {MAX_BABBLE}, "
-                        f"got {[lo, hi]}")
-    return problems
+class Augmentation(NamedTuple):
+    """What training augments with: the distribution of the draws and the audio they draw from."""
+
+    spec: AugmentSpec
+    bank: NoiseBank
 
 
 # ----------------------------------------------------------------------------------------------- bank
@@ -148,7 +136,8 @@ class NoiseBank:
         self._rir_spectra[key] = spec
         self._rir_cache_bytes += spec.nbytes
         while self._rir_cache_bytes > self.RIR_CACHE_BYTES and len(self._rir_spectra) > 1:
-            self._rir_cache_bytes -= self._rir_spectra.popitem(last=False)[1].nbytes
+            _, oldest = self._rir_spectra.popitem(last=False)
+            self._rir_cache_bytes -= oldest.nbytes
         return spec
 
     def reverb_fft_size(self, num_samples: int) -> int:
@@ -178,7 +167,7 @@ class NoiseBank:
         sample_rate: int = 16000,
         mix: Sequence[float] | None = None,
     ) -> NoiseBank:
-        """Read a MUSAN-style tree (noise_dir/{noise,speech,music}/**) and a folder of RIRs (.wav/.flac).
+        """Read a MUSAN-style tree (noise_dir/{noise,speech,music}/**) and a folder of RIRs (AUDIO_SUFFIXES files).
 
         A category is needed when its kind has weight in `mix` (pass ``cfg.augment.mix``; None: every category
         of the folders given). A needed one that is empty or whose folder is not set raises VoxfastError naming
@@ -195,7 +184,7 @@ class NoiseBank:
         return self._lengths[category]
 
     def is_int16(self, category: str) -> bool:
-        """Whether the category holds int16 samples (crops then need a scale of 1/32768)."""
+        """Whether the category holds int16 samples (crops then need a scale of 1 / PCM16_SCALE)."""
         waves = self.categories[category]
         return bool(waves) and waves[0].dtype == np.int16
 
@@ -275,7 +264,7 @@ def _needed_sources(mix: Sequence[float] | None, noise_dir: str | None, rir_dir:
 
 
 def _read_source(root: str | None, sub: str, needed: bool, sample_rate: int) -> list[np.ndarray]:
-    """Every .wav/.flac file under root/sub (sub "" for RIRs), sorted by path.
+    """Every audio file under root/sub (sub "" for RIRs; :func:`find_audio_files`), sorted by path.
 
     `root` may also be a packed store of that folder (`voxfast pack FOLDER OUT`): its utterance ids are the
     relative paths, so the same files come out in the same order, without decoding.
@@ -290,12 +279,10 @@ def _read_source(root: str | None, sub: str, needed: bool, sample_rate: int) -> 
     if is_store(root):
         waves = _read_store(root, sub, sample_rate)
     else:
-        folder = Path(root) / sub
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in _AUDIO_SUFFIXES and p.is_file())
-        waves = [read_audio(p, sample_rate=sample_rate) for p in files]
+        waves = [read_audio(p, sample_rate=sample_rate) for p in find_audio_files(Path(root) / sub)]
     if needed and not waves:
-        raise VoxfastError(f"{key}: no .wav or .flac files under {Path(root) / sub}, needed for {kind} augmentation "
-                           f"(add files there, or set the {kind} weight in augment.mix to 0)")
+        raise VoxfastError(f"{key}: no {AUDIO_SUFFIXES_TEXT} files under {Path(root) / sub}, needed for {kind} "
+                           f"augmentation (add files there, or set the {kind} weight in augment.mix to 0)")
     return waves
 
 
@@ -351,8 +338,8 @@ def _draw_additive(rng: np.random.Generator, spec: AugmentSpec, bank: NoiseBank,
     if len(lengths) == 0:
         raise VoxfastError(f"{KINDS[kind]} augmentation was drawn but the bank has no "
                            f"{KIND_CATEGORY[kind]} files (check augment.noise_dir)")
-    # One vector of uniforms for every draw: per-call overhead of Generator methods (~3 us each) was most of
-    # the cost of a plan, and a plan is drawn for every training crop.
+    # One vector of uniforms for every draw: each Generator method call has a fixed per-call overhead far above
+    # the cost of the one number it draws, and a plan is drawn for every training crop.
     u = rng.random(1 + 3 * MAX_BABBLE).tolist()
     lo, hi = spec.babble_count if kind == BABBLE else (1, 1)
     n = min(lo + int(u[0] * (hi - lo + 1)), hi)
@@ -415,7 +402,7 @@ def add_noise(
     if out is None:
         out = np.empty_like(x)
     # Plain ufuncs, not BLAS saxpy: OpenBLAS threads axpy, and in two loader workers its spinning threads
-    # slowed CPU augmentation 15x (measured with bench-loader).
+    # oversubscribed the cores and slowed CPU augmentation severely (bench-loader; see the README's measured tables).
     scratch = np.empty_like(x)
     for i, (noise, snr) in enumerate(zip(noises, snrs, strict=True)):
         noise = np.asarray(noise)
@@ -451,9 +438,10 @@ def reverberate(x: np.ndarray, rir: np.ndarray) -> np.ndarray:
 def fft_size(n: int) -> int:
     """Smallest 2**a * m >= n with m in (1, 9/8, 5/4, 3/2, 25/16, 15/8) of an octave: at most 20% padding.
 
-    Preferring factors of 2 over scipy's next_fast_len (any 5-smooth size) measured ~30% faster here: a 2 s
-    crop with a 0.5 s RIR convolves in 0.93 ms at 40960 points against 1.33 ms at next_fast_len's 40500
-    (pocketfft, float32). MKL (torch CPU) and cuFFT favour powers of two as well.
+    Factors of 2 are preferred over scipy's next_fast_len (any 5-smooth size), trading a little padding for
+    sizes pocketfft transforms fastest: a 2 s crop with a 0.5 s RIR gets 40960 = 5 * 2**13 points rather than
+    next_fast_len's 40500 = 2**2 * 3**4 * 5**3 (float32 timings in the README's measured tables). MKL (torch
+    CPU) and cuFFT favour powers of two as well.
     """
     best = 1 << max(n - 1, 0).bit_length()  # next power of two
     for m in (9, 5, 3, 25, 15):  # odd parts of the in-octave steps above
@@ -493,15 +481,16 @@ def augment_numpy(x: np.ndarray, plan: Plan, bank: NoiseBank, out: np.ndarray | 
     return add_noise(x, noises, plan.snr[:n], out=out)
 
 
-REVERB_ROWS_PER_FFT = 8  # rows per 2-D transform: 8 measured 2.6x faster per row than 1, 64 only 1.1x (cache)
+REVERB_ROWS_PER_FFT = 8  # rows per 2-D transform: enough to fill the SIMD lanes, few enough to stay in cache
 
 
 def reverberate_rows(wave: np.ndarray, rows: Sequence[int], rirs: Sequence[int], bank: NoiseBank) -> None:
     """Reverberate rows `rows` of a float32 (B, L) batch in place with bank RIRs `rirs`: augment_numpy's maths.
 
     Why batched: pocketfft runs the transforms of a 2-D array side by side in SIMD lanes, so a loader worker
-    that collects a batch's reverb crops pays ~225 us per 2 s crop instead of ~590 us one at a time (this CPU),
-    and reverb is about half of CPU augmentation's time. Each row gets the same transform as alone.
+    that collects a batch's reverb crops pays less per crop than transforming them one at a time, and reverb
+    is a large share of CPU augmentation (timings in the README's measured tables). Each row gets the same
+    transform as alone.
     """
     if len(rows) != len(rirs):
         raise ValueError(f"reverberate_rows: {len(rows)} rows but {len(rirs)} RIR indices")
@@ -524,9 +513,9 @@ class DeviceBank:
     For a crop length L, each category is laid out as one flat tensor in which every file is followed by its
     own first L - 1 samples (tiled when shorter than that). ``file[(start + arange(L)) % len]`` is then the
     contiguous window at ``offset + start % len``, and a batch of crops is one `index_select` of rows of the
-    flat tensor's unfolded (overlapping) view: a plain copy, no per-sample index arithmetic. Measured on this
-    2-core CPU for 13 x 7 babble crops of 32,240 samples: 1.0 ms, against 13.5-18 ms for building
-    ``(start + arange(L)) % len`` index tensors and gathering with them. The layout costs N_files * (L - 1)
+    flat tensor's unfolded (overlapping) view: a plain copy, no per-sample index arithmetic, where building
+    ``(start + arange(L)) % len`` index tensors and gathering with them computes and reads an int64 index for
+    every sample (timings in the README's measured tables). The layout costs N_files * (L - 1)
     extra samples (about 0.26 GB float32 for MUSAN's 2,016 files at 2 s) instead of padding every file to
     the longest (several times the audio for MUSAN music); it is built on the first batch and rebuilt only
     if L changes. `dtype` float16 halves the memory; gathered crops are computed in float32. An int16 category
@@ -552,7 +541,7 @@ class DeviceBank:
         row = self._offsets[category][index] + start % self.bank.lengths(category)[index]
         rows = torch.from_numpy(np.ascontiguousarray(row, dtype=np.int64).ravel()).to(self.device)
         crops = self._windows[category].index_select(0, rows).view(*row.shape, num_samples).float()
-        return crops.mul_(1.0 / 32768.0) if self.bank.is_int16(category) else crops
+        return crops.mul_(1.0 / PCM16_SCALE) if self.bank.is_int16(category) else crops
 
     def _layout(self, num_samples: int) -> None:
         self._windows.clear()  # free the old layout before building the new one

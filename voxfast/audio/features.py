@@ -14,6 +14,8 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
+from voxfast.audio.io import PCM16_SCALE
+
 SAMPLE_RATE = 16000
 HOP = 160  # 10 ms
 WIN = 400  # 25 ms
@@ -149,6 +151,6 @@ class KaldiFbank(nn.Module):
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         # (B, T) -> (B, n_mels, frames), frames = 1 + (T - 400) // 160
         with torch.autocast(device_type=wave.device.type, enabled=False):
-            power = self.power(wave.float() * 32768.0)  # (B, F, 257)
+            power = self.power(wave.float() * PCM16_SCALE)  # (B, F, 257): Kaldi works on the int16 scale
             mel = (power @ self.banks).clamp(min=torch.finfo(torch.float32).eps).log()  # (B, F, n_mels)
             return (mel - mel.mean(dim=1, keepdim=True)).transpose(1, 2)

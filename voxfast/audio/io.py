@@ -1,9 +1,12 @@
 """float32 audio reads: a whole file or only the frame range a crop needs.
 
 Reading only the crop (soundfile seeks, then decodes `frames` samples) is what makes random 2 s crops
-of long files cheap; 16-bit PCM WAV files skip libsndfile altogether (:mod:`voxfast.audio.wav`, 3x faster
-per crop, the same samples). Every read is validated: a wrong sample rate, an empty file or non-finite
+of long files cheap; 16-bit PCM WAV files skip libsndfile altogether (:mod:`voxfast.audio.wav`: no cffi calls per
+crop, the same samples). Every read is validated: a wrong sample rate, an empty file or non-finite
 samples raise :class:`AudioLoadError` naming the file, so the loader can skip and count it.
+
+This module is also the one home of the small audio conventions every layer shares: the int16 scale
+(:data:`PCM16_SCALE`), the int16 <-> float32 conversions, the resampler and the audio file suffixes.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import scipy.signal
 import soundfile as sf
 
 from voxfast.audio.wav import Pcm16Wav
@@ -21,6 +23,20 @@ from voxfast.errors import AudioLoadError
 
 log = logging.getLogger(__name__)
 _warned_multichannel = False
+
+# int16 full scale: float = int16 / PCM16_SCALE, libsndfile's convention. A power of two, so the division (or
+# the product with its float32 reciprocal) is exact both ways; every int16 <-> float conversion uses this one.
+PCM16_SCALE = 32768.0
+# Suffixes of the audio files a folder is searched for (noise banks, `voxfast extract FOLDER`, `voxfast pack`).
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+# The suffixes as prose, for messages: ".wav, .flac or .ogg".
+AUDIO_SUFFIXES_TEXT = ", ".join(AUDIO_SUFFIXES[:-1]) + " or " + AUDIO_SUFFIXES[-1]
+
+
+def find_audio_files(folder: Path | str) -> list[Path]:
+    """Every regular file below `folder` (recursively) whose lower-cased suffix is in AUDIO_SUFFIXES, sorted
+    by path: sorted so a seed picks the same file on every machine, whatever order the file system lists."""
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
 
 
 def read_audio(path: str | Path, start: int = 0, frames: int = -1, sample_rate: int | None = None) -> np.ndarray:
@@ -75,7 +91,7 @@ def read_random_crop(
         rate = sample_rate
     wave = _validated(path, data, rate, sample_rate)
     if dtype == "int16" and wave.dtype != np.int16:
-        wave = np.clip(np.rint(wave * 32768.0), -32768, 32767).astype(np.int16)
+        wave = to_int16(wave)
     if len(wave) < num_samples:
         wave = np.pad(wave, (0, num_samples - len(wave)), mode="wrap")
     return wave
@@ -122,22 +138,37 @@ def _crop_start(total: int, need: int, rng: np.random.Generator) -> int:
 
 
 def to_float32(samples: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Samples as float32 in [-1, 1): int16 / 32768 (exact, libsndfile's conversion), float as is; one pass,
-    into `out` when given (a ring row or a scratch buffer), so callers need no temporary array."""
+    """Samples as float32 in [-1, 1): int16 / PCM16_SCALE (exact, libsndfile's conversion), float as is; one
+    pass, into `out` when given (a ring row or a scratch buffer), so callers need no temporary array.
+
+    Without `out`, float32 input comes back as it is (no copy); pass `out` for a writable copy.
+    """
     if samples.dtype == np.int16:
-        return np.multiply(samples, np.float32(1.0 / 32768.0), out=out, dtype=np.float32)
+        return np.multiply(samples, np.float32(1.0 / PCM16_SCALE), out=out, dtype=np.float32)
     if out is None:
         return np.asarray(samples, dtype=np.float32)
     out[:] = samples
     return out
 
 
+def to_int16(samples: np.ndarray) -> np.ndarray:
+    """float samples as int16: samples * PCM16_SCALE rounded to nearest (ties to even) and clipped to the int16
+    range, computed in float32 for float32 input; the exact inverse of :func:`to_float32` on its output."""
+    return np.clip(np.rint(samples * np.float32(PCM16_SCALE)), -32768, 32767).astype(np.int16)
+
+
 def resample(x: np.ndarray, src: int, dst: int) -> np.ndarray:
-    """Polyphase resampling of float32 audio from rate `src` to `dst` (any integer ratio)."""
+    """Polyphase resampling of float32 audio from rate `src` to `dst` (any integer ratio); float32 out.
+
+    scipy.signal is imported on first use: it takes seconds to import, which every spawned `voxfast pack`
+    worker and every CLI start would otherwise pay even when no file needs resampling.
+    """
     if src == dst:
         return x
+    from scipy.signal import resample_poly
+
     g = math.gcd(int(src), int(dst))
-    return scipy.signal.resample_poly(x, dst // g, src // g).astype(np.float32, copy=False)
+    return resample_poly(x, dst // g, src // g).astype(np.float32, copy=False)
 
 
 def _validated(path: str | Path, data: np.ndarray, rate: int, sample_rate: int | None) -> np.ndarray:

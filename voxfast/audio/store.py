@@ -32,16 +32,16 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, NamedTuple
+from typing import Any, BinaryIO, Literal, NamedTuple, Protocol
 
 import numpy as np
 import soundfile as sf
 
-from voxfast.data.manifest import Utterance
+from voxfast.audio.io import resample, to_float32, to_int16
 from voxfast.errors import AudioLoadError, VoxfastError
 from voxfast.progress import progress_bar
 
-__all__ = ["STORE_FORMAT", "PackSummary", "PackedStore", "is_store", "pack_store"]
+__all__ = ["STORE_FORMAT", "PackSummary", "PackedStore", "UtteranceLike", "is_store", "pack_store"]
 
 STORE_FORMAT = 1
 
@@ -50,11 +50,26 @@ _DTYPES: dict[str, np.dtype] = {"int16": np.dtype("<i2"), "float32": np.dtype("<
 # Subtypes whose samples are floats: they may hold NaN/inf, which libsndfile's int16 conversion silently turns
 # into garbage, so an int16 store reads them as float32, checks them and converts them itself.
 _FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
-_INT16_SCALE = 32768.0
 
 AUDIO, INDEX, BAD, PARAMS, META = "audio.bin", "index.tsv", "bad.tsv", "pack.json", "meta.json"
 _FIX_CONFLICT = "choose another OUT folder or delete it"
 _FIX_OPEN = "run `voxfast pack LIST {path}` to build or finish it"
+
+
+class UtteranceLike(Protocol):
+    """What :func:`pack_store` reads of an utterance; :class:`voxfast.data.manifest.Utterance` is one.
+
+    A protocol rather than the manifest's class because audio sits below data: the store must not import it.
+    """
+
+    @property
+    def utt(self) -> str: ...  # unique id, the key of the store's index
+
+    @property
+    def spk(self) -> str: ...  # speaker name
+
+    @property
+    def path(self) -> str: ...  # the audio file
 
 
 @dataclass
@@ -128,7 +143,7 @@ def _decode(path: str, sample_rate: int, dtype: str) -> tuple[np.ndarray, int]:
     if wave.dtype == np.float32 and not np.isfinite(wave).all():
         raise AudioLoadError("contains NaN or infinite samples (re-encode or remove the file)")
     if rate != sample_rate:
-        wave = _resample(_as_float32(wave), rate, sample_rate)
+        wave = resample(to_float32(wave), rate, sample_rate)
     return _to_store_dtype(wave, dtype), rate
 
 
@@ -142,27 +157,11 @@ def _mono(data: np.ndarray) -> np.ndarray:
     return data.mean(axis=1, dtype=np.float32)
 
 
-def _as_float32(wave: np.ndarray) -> np.ndarray:
-    """float32 in [-1, 1) for int16 input (the inverse of the store's scaling), float32 unchanged."""
-    if wave.dtype == np.int16:
-        return wave.astype(np.float32) * np.float32(1.0 / _INT16_SCALE)
-    return wave
-
-
-def _resample(wave: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
-    """Polyphase resampling to `sample_rate`; scipy.signal is imported here, as it takes seconds to import."""
-    from scipy.signal import resample_poly
-
-    g = np.gcd(rate, sample_rate)
-    return resample_poly(wave, sample_rate // g, rate // g).astype(np.float32, copy=False)
-
-
 def _to_store_dtype(wave: np.ndarray, dtype: str) -> np.ndarray:
     """Samples as the store's little-endian dtype; floats go to int16 rounded and clipped."""
-    target = _DTYPES[dtype]
     if dtype == "int16" and wave.dtype != np.int16:
-        wave = np.clip(np.rint(wave * np.float32(_INT16_SCALE)), -32768, 32767)
-    return np.ascontiguousarray(wave.astype(target, copy=False))
+        wave = to_int16(wave)
+    return np.ascontiguousarray(wave.astype(_DTYPES[dtype], copy=False))
 
 
 def _one_line(text: str) -> str:
@@ -175,7 +174,7 @@ def _one_line(text: str) -> str:
 
 
 def pack_store(
-    utts: Sequence[Utterance],
+    utts: Sequence[UtteranceLike],
     out: str | Path,
     sample_rate: int = 16000,
     workers: int = 2,
@@ -215,7 +214,7 @@ def pack_store(
     return PackSummary(len(entries), resumed, bad, samples, time.perf_counter() - start)
 
 
-def _check_request(utts: Sequence[Utterance], sample_rate: int, workers: int, dtype: str, chunk: int) -> None:
+def _check_request(utts: Sequence[UtteranceLike], sample_rate: int, workers: int, dtype: str, chunk: int) -> None:
     """Reject arguments that would make a broken or ambiguous store before touching the folder."""
     if dtype not in _DTYPES:
         raise VoxfastError(f"store dtype must be 'int16' or 'float32', not {dtype!r}")
@@ -233,7 +232,9 @@ def _check_request(utts: Sequence[Utterance], sample_rate: int, workers: int, dt
             raise VoxfastError(f"cannot pack {u.utt!r}: ids, speakers and paths must not contain tabs or newlines")
 
 
-def _existing_summary(out: Path, utts: Sequence[Utterance], sample_rate: int, dtype: str, start: float) -> PackSummary:
+def _existing_summary(
+    out: Path, utts: Sequence[UtteranceLike], sample_rate: int, dtype: str, start: float
+) -> PackSummary:
     """A complete store of the same utterances is reused as is; any other complete store is an error."""
     meta = _read_meta(out)
     if (meta.get("dtype"), meta.get("sample_rate")) != (dtype, sample_rate):
@@ -259,7 +260,7 @@ def _existing_summary(out: Path, utts: Sequence[Utterance], sample_rate: int, dt
     return PackSummary(len(entries), len(entries), bad, int(meta["samples"]), time.perf_counter() - start)
 
 
-def _prepare_folder(out: Path, utts: Sequence[Utterance], sample_rate: int, dtype: str) -> list[_Entry]:
+def _prepare_folder(out: Path, utts: Sequence[UtteranceLike], sample_rate: int, dtype: str) -> list[_Entry]:
     """Start a fresh store, or cut an interrupted one back to its last complete chunk; return its entries."""
     out.mkdir(parents=True, exist_ok=True)
     params = {"format": STORE_FORMAT, "dtype": dtype, "sample_rate": sample_rate}
@@ -315,7 +316,7 @@ def _valid_prefix(entries: list[_Entry], audio_samples: int) -> list[_Entry]:
 
 def _pack_todo(
     out: Path,
-    todo: list[Utterance],
+    todo: list[UtteranceLike],
     entries: list[_Entry],
     sample_rate: int,
     dtype: str,
@@ -346,7 +347,7 @@ def _pack_todo(
 
 
 def _chunk_entries(
-    batch: list[Utterance], results: list[_Decoded], offset: int
+    batch: list[UtteranceLike], results: list[_Decoded], offset: int
 ) -> tuple[list[_Entry], list[tuple[str, str]]]:
     """Index entries of a chunk's good files (from `offset` on) and (path, reason) of its bad ones."""
     new: list[_Entry] = []
@@ -381,8 +382,8 @@ def _sync(f: Any) -> None:
 
 
 def _decoded_chunks(
-    todo: list[Utterance], sample_rate: int, dtype: str, workers: int, chunk: int
-) -> Iterator[tuple[list[Utterance], list[_Decoded]]]:
+    todo: list[UtteranceLike], sample_rate: int, dtype: str, workers: int, chunk: int
+) -> Iterator[tuple[list[UtteranceLike], list[_Decoded]]]:
     """(chunk, decoded chunk) pairs in list order; with workers > 1, decoded ahead in worker processes."""
     batches = [todo[i : i + chunk] for i in range(0, len(todo), chunk)]
     if workers <= 1 or len(batches) <= 1:
@@ -391,7 +392,7 @@ def _decoded_chunks(
         return
     # spawn: the parent may hold torch/OpenMP threads, which a forked child can deadlock on.
     ex = ProcessPoolExecutor(min(workers, len(batches)), mp_context=multiprocessing.get_context("spawn"))
-    pending: deque[tuple[list[Utterance], Future]] = deque()
+    pending: deque[tuple[list[UtteranceLike], Future]] = deque()
     try:
         for batch in batches:
             pending.append((batch, ex.submit(_decode_chunk, [u.path for u in batch], sample_rate, dtype)))
@@ -403,7 +404,7 @@ def _decoded_chunks(
         ex.shutdown(wait=True, cancel_futures=True)
 
 
-def _result(batch: list[Utterance], future: Future) -> tuple[list[Utterance], list[_Decoded]]:
+def _result(batch: list[UtteranceLike], future: Future) -> tuple[list[UtteranceLike], list[_Decoded]]:
     try:
         return batch, future.result()
     except BrokenProcessPool:
@@ -598,15 +599,9 @@ class PackedStore:
         offset, length = int(self.offsets[i]), int(self.lengths[i])
         return self._audio[offset : offset + length]
 
-    def _to_float(self, samples: np.ndarray) -> np.ndarray:
-        """A float32 copy; int16 is scaled by 1/32768 (exact, a power of two)."""
-        if self.dtype == "int16":  # one pass: the ufunc converts and scales in its inner loop
-            return np.multiply(samples, np.float32(1.0 / _INT16_SCALE), dtype=np.float32)
-        return np.array(samples, dtype=np.float32)
-
     def read(self, i: int) -> np.ndarray:
-        """Utterance `i` as float32."""
-        return self._to_float(self._segment(i))
+        """Utterance `i` as float32 (a writable copy)."""
+        return _float_copy(self._segment(i))
 
     def read_raw(self, i: int) -> np.ndarray:
         """Utterance `i` in the store's dtype: a read-only memmap view, shared through the page cache."""
@@ -614,7 +609,7 @@ class PackedStore:
 
     def crop(self, i: int, start: int, n: int) -> np.ndarray:
         """`n` samples of utterance `i` from `start`, wrapping around to its beginning past the end."""
-        return self._to_float(self.crop_raw(i, start, n))
+        return _float_copy(self.crop_raw(i, start, n))
 
     def crop_raw(self, i: int, start: int, n: int) -> np.ndarray:
         """Like :meth:`crop` in the store's own dtype: a memmap view when it fits, no conversion."""
@@ -641,3 +636,9 @@ class PackedStore:
     def verify(self) -> list[str]:
         """Ids of utterances whose samples no longer match their crc32 (empty when the store is intact)."""
         return [utt for i, utt in enumerate(self.utts) if zlib.crc32(memoryview(self._segment(i))) != self.crcs[i]]
+
+
+def _float_copy(samples: np.ndarray) -> np.ndarray:
+    """A writable float32 copy in one pass: a float32 store's slices are read-only memmap views, and callers
+    augment crops in place."""
+    return to_float32(samples, out=np.empty(samples.shape, dtype=np.float32))

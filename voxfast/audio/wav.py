@@ -1,13 +1,14 @@
 """Sample ranges of 16-bit PCM WAV files read straight from the file, without libsndfile.
 
-Why: soundfile reaches libsndfile through cffi, and opening a file, seeking and reading a 2 s crop costs
-~80 us here (~190 us as float32, libsndfile's conversion being scalar), which made partial reads only ~5x
-faster than voxceleb_trainer's whole-file reads. A 16-bit PCM WAV (VoxCeleb, MUSAN, most corpora) is a
-little-endian int16 array after its header: one open, two `pread`s and a `frombuffer` give the same samples
-in ~25 us. Only files this module fully understands take the fast path; anything else (other encodings or
-widths, RF64, big-endian RIFX, a data chunk past the first 4 KiB, a header that claims more bytes than the
-file holds) makes :meth:`Pcm16Wav.open` return None and the caller reads it with soundfile, so the samples
-never depend on which path read them (tested against soundfile bit for bit).
+Why: soundfile reaches libsndfile through cffi, so opening a file, seeking and reading a 2 s crop pays cffi's
+per-call overhead on every step (and, read as float32, libsndfile's scalar sample conversion): for a crop that
+fixed cost, not the samples, is what a partial read spends its time on. A 16-bit PCM WAV (VoxCeleb, MUSAN, most
+corpora) is a little-endian int16 array after its header: one open, two `pread`s and a `frombuffer` (a view, no
+conversion) give the same samples with none of that overhead (timings in the README's measured tables). Only
+files this module fully understands take the fast path; anything else (other encodings or widths, RF64,
+big-endian RIFX, a data chunk past the first 4 KiB, a header that claims more bytes than the file holds) makes
+:meth:`Pcm16Wav.open` return None and the caller reads it with soundfile, so the samples never depend on which
+path read them (tested against soundfile bit for bit).
 """
 
 from __future__ import annotations

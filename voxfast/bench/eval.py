@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from voxfast.errors import VoxfastError
 from voxfast.eval.metrics import verification_metrics
 
 METRICS_TARGET_S = 3.0  # EER + both minDCFs of 10 M trials on a 2-core machine
@@ -192,6 +193,8 @@ def run_eval_bench(
     top_n: int = 300,
 ) -> list[EvalBenchRow]:
     """All three measurements; targets scale linearly with the sizes when these are not the defaults."""
+    if not 0.0 < target_fraction < 1.0:
+        raise VoxfastError(f"--target-fraction must be strictly between 0 and 1, got {target_fraction}")
     return [
         *bench_metrics(trials, target_fraction),
         bench_cosine(score_trials, embeddings, dim),

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from voxfast.audio.features import crop_samples
+from voxfast.errors import VoxfastError
 from voxfast.models.registry import available_models, create_model
 
 MODES = ("fp32", "autocast", "channels_last", "channels_last+autocast")
@@ -70,6 +71,10 @@ def time_model(name: str, mode: str, device: torch.device, batch: int, frames: i
 
 def run_model_bench(models: list[str] | None, device: torch.device, batch: int, frames: int, seconds: float,
                     modes: tuple[str, ...] = MODES) -> list[ModelBench]:
+    unknown = sorted(set(models or ()) - set(available_models())) + sorted(set(modes) - set(MODES))
+    if unknown:
+        raise VoxfastError(f"unknown model or mode {', '.join(unknown)}; models: {', '.join(available_models())}; "
+                           f"modes: {', '.join(MODES)}")
     results = []
     for name in models or available_models():
         params = sum(p.numel() for p in create_model(name).parameters()) / 1e6

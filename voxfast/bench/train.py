@@ -4,7 +4,7 @@
 depends on host syncs, precision, memory format, compilation and how the loader keeps up while the model
 trains. So this runs the real Trainer on the configured model and data twice: once as voxceleb_trainer
 runs (fp32, the loss read back every step, no channels_last, no compile, CPU augmentation, no pinned
-memory) and once with configs/presets/speed.yaml laid over the config. Each configuration trains `warmup`
+memory) and once with the shipped speed preset laid over the config. Each configuration trains `warmup`
 untimed steps first (worker start-up, compilation, cuDNN autotuning), then `steps` timed ones.
 """
 
@@ -128,6 +128,16 @@ def _epochs_for(task: Any, cfg: Config, total_steps: int) -> int:
         raise VoxfastError(f"{cfg.data.train_list}: one epoch fills fewer than the {accum} micro-batches of one "
                            "optimizer step (lower train.global_batch or add data)")
     return math.ceil(total_steps / per_epoch) + 1
+
+
+def bench_train(config: str | None, overrides: Sequence[str], presets: Sequence[str], steps: int, warmup: int,
+                use_compile: bool = True, task_name: str = "speaker") -> list[TrainBench]:
+    """`voxfast bench-train`: the plain loop against the config with the speed preset, same run, same data."""
+    base = load_config(config, overrides, presets)
+    if task_name == "speaker":
+        ensure_demo_corpus(base)
+    speed = speed_config(config, overrides, presets, "speed", use_compile)
+    return run_train_bench([(PLAIN, plain_config(base)), (SPEED, speed)], steps, warmup, task_name)
 
 
 def run_train_bench(configs: Sequence[tuple[str, Config]], steps: int, warmup: int, task_name: str = "speaker"

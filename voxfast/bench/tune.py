@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ from torch import nn
 
 from voxfast.config import Config
 from voxfast.errors import VoxfastError
-from voxfast.train.trainer import autocast_for
+from voxfast.runtime import autocast_for
 
 log = logging.getLogger(__name__)
 # No 0 by default: the loader is timed alone, and in-process loading (0 workers) would look fast there while
@@ -99,7 +100,7 @@ def probe_micro_batches(cfg: Config, device: torch.device, candidates: Sequence[
     Each candidate is one untimed forward + backward (the memory probe, also the warm-up) and `repeats`
     timed ones. A candidate that the training list cannot fill (too few speakers) also ends the search.
     """
-    from voxfast.train.trainer import resolve_precision
+    from voxfast.runtime import resolve_precision
 
     precision = resolve_precision(cfg.train.precision, device)
     model: nn.Module | None = None
@@ -260,7 +261,7 @@ def _endless(task: Any) -> Iterator[dict[str, Any]]:
 def tune(cfg: Config, device: torch.device, max_micro: int, workers: Sequence[int] | None = None,
          fastest: bool | None = None, batches: int = 40) -> TuneResult:
     """Choose train.micro_batch, then data.num_workers at that micro-batch; `fastest` defaults to a CPU device."""
-    from voxfast.train.trainer import resolve_precision
+    from voxfast.runtime import resolve_precision
 
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
@@ -274,6 +275,20 @@ def tune(cfg: Config, device: torch.device, max_micro: int, workers: Sequence[in
     timed_cfg = tuned_config(cfg, result.micro_batch, cfg.data.num_workers)
     result.worker_probes = time_workers(timed_cfg, worker_candidates(workers), batches)
     result.num_workers = choose_workers({p.workers: p.batches_per_s for p in result.worker_probes})
+    return result
+
+
+def tune_to_file(cfg: Config, out: str | Path, max_micro: int, workers: Sequence[int] | None = None,
+                 batches: int = 40) -> TuneResult:
+    """`voxfast tune`: measure on the config's device (demo corpus made when the config reads it) and write the
+    tuned config to `out`."""
+    from voxfast.bench.train import ensure_demo_corpus
+    from voxfast.config import save_config
+    from voxfast.runtime import resolve_device
+
+    ensure_demo_corpus(cfg)
+    result = tune(cfg, resolve_device(cfg.train.device), max_micro, workers, batches=batches)
+    save_config(tuned_config(cfg, result.micro_batch, result.num_workers), out)
     return result
 
 

@@ -406,3 +406,16 @@ def read_scores(path: StrPath) -> tuple[list[tuple[str, str]], np.ndarray]:
     if not pairs:
         raise VoxfastError(f"score file has no scores: {path}; run scoring first or pass an existing score file")
     return pairs, np.asarray(values, dtype=np.float64)
+
+
+def data_line(path: StrPath, index: int) -> int:
+    """1-based physical line number of the index-th line that is neither blank nor a # comment (for messages
+    about the index-th record of a list whose parser skipped those lines)."""
+    with open(path, encoding="utf-8-sig") as f:
+        for lineno, raw in enumerate(f, start=1):
+            text = raw.strip()
+            if text and not text.startswith("#"):
+                if index == 0:
+                    return lineno
+                index -= 1
+    raise ValueError(f"{path} has fewer data lines than expected")

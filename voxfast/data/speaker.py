@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from torch.utils.data import Dataset, Sampler
 
 from voxfast.audio.augment import (
     REVERB,
+    Augmentation,
     AugmentSpec,
     NoiseBank,
     Plan,
@@ -27,14 +28,13 @@ from voxfast.audio.augment import (
     reverberate_rows,
     stack_plans,
 )
-from voxfast.audio.io import read_audio, read_random_crop, resample, to_float32
+from voxfast.audio.io import PCM16_SCALE, read_audio, read_random_crop, resample, to_float32
 from voxfast.audio.store import PackedStore
 from voxfast.errors import AudioLoadError, VoxfastError
 
 log = logging.getLogger(__name__)
 
 SPEEDS = (1.0, 0.9, 1.1)  # speed index k relabels speaker s as s + k * n_speakers
-INT16_SCALE = 1.0 / 32768.0
 
 
 _MASK64 = (1 << 64) - 1
@@ -52,10 +52,10 @@ def _splitmix64(x: int) -> int:
 def item_rng(seed: int) -> np.random.Generator:
     """A generator in a state derived only from `seed`, for one item's draws.
 
-    `np.random.default_rng(seed)` costs ~30 us (SeedSequence hashing), a fifth of a whole crop's work
-    here; this sets the state of one reused PCG64 from a splitmix64 hash of the seed (~6 us). Different
-    seeds start at unrelated points of PCG64's 2**128 period. The returned object is shared: use it for
-    one item, then ask again.
+    `np.random.default_rng(seed)` hashes the seed through a SeedSequence and builds a new bit generator on every
+    call, a sizeable share of a crop's work; this sets the state of one reused PCG64 from two splitmix64 hashes
+    of the seed (a few integer multiplies and shifts). Different seeds start at unrelated points of PCG64's
+    2**128 period. The returned object is shared: use it for one item, then ask again.
     """
     state = (_splitmix64(seed) << 64) | _splitmix64(seed ^ 0x5851F42D4C957F2D)
     _BIT_GENERATOR.state = {"bit_generator": "PCG64", "state": {"state": state, "inc": 0xDA3E39CB94B95BDB},
@@ -133,7 +133,7 @@ class BatchRing:
     """Batch slots in shared memory that loader workers fill in place.
 
     A DataLoader normally pickles every batch into a fresh shared-memory segment: two copies and page
-    faults for each 8 MB batch, which caps one worker at ~6,000 crops/s here however cheap the crop is.
+    faults for each 8 MB batch, which caps one worker's crop rate however cheap the crop is.
     Workers instead write crops straight into a slot of this pre-faulted ring and send back only the slot
     number. Batch j uses slot j % slots; the DataLoader has at most workers * prefetch batches in flight
     beyond the one it returned, so `slots` = workers * prefetch + (batches the consumer keeps, e.g. the
@@ -169,8 +169,28 @@ class BatchRing:
         return {"buffer": self.buffer, "_view": None}  # the tensor travels as a shared-memory handle
 
 
+class CropKey(NamedTuple):
+    """A training item's key: which utterance, the seed of its draws, and where its crop goes in the ring.
+
+    Named because it crosses from the sampler into loader workers and each part is used on its own there.
+    """
+
+    index: int  # utterance in the crop source
+    seed: int  # crop seed (:func:`item_rng`): the crop, the speed and the augmentation plan
+    slot: int  # BatchRing slot of the item's batch
+    row: int  # row of the item in that slot
+
+
+class CropItem(NamedTuple):
+    """What a worker returns for one crop: the crop itself is already in the ring."""
+
+    slot: int  # the batch's ring slot
+    label: int  # class label, -1 when the read failed (the collate drops and counts it)
+    plan: Plan | None  # augmentation plan for device placement, else None
+
+
 class RingBatches(Sampler):
-    """Tags each item of a batch sampler with its ring slot and row: (index, seed, slot, row)."""
+    """Tags each item of a batch sampler with its ring slot and row: a :class:`CropKey` per item."""
 
     def __init__(self, batches: Sampler, slots: int) -> None:
         self.batches = batches
@@ -185,17 +205,18 @@ class RingBatches(Sampler):
     def __len__(self) -> int:
         return max(len(self.batches) - self.skip, 0)
 
-    def __iter__(self) -> Iterator[list[tuple[int, int, int, int]]]:
+    def __iter__(self) -> Iterator[list[CropKey]]:
         batches = itertools.islice(self.batches, self.skip, None)
         for j, batch in enumerate(batches):
-            yield [(index, seed, j % self.slots, row) for row, (index, seed) in enumerate(batch)]
+            yield [CropKey(index, seed, j % self.slots, row) for row, (index, seed) in enumerate(batch)]
 
 
 class TrainCrops(Dataset):
     """Random fixed-length crops with speaker labels, optional speed perturbation and CPU augmentation.
 
-    Items are keyed by (index, crop seed, ring slot, row) from :class:`RingBatches`; the crop is written
-    into the :class:`BatchRing` and the item returns its label (and, for device augmentation, its plan).
+    Items are keyed by a :class:`CropKey` from :class:`RingBatches` (a plain (index, seed, slot, row) tuple
+    works too); the crop is written into the :class:`BatchRing` and the item is a :class:`CropItem`: its label
+    (and, for device augmentation, its plan). `augment` may be an :class:`Augmentation` or a (spec, bank) pair.
     Crops travel as int16 when nothing on the CPU needs floats (no CPU augmentation, no speed
     perturbation): half the bytes, converted once on the model's device. A failed read yields label -1
     (dropped and counted by :func:`collate_crops`); `max_consecutive_failures` failures in a row in one
@@ -208,7 +229,7 @@ class TrainCrops(Dataset):
         labels: Sequence[int],
         num_samples: int,
         ring: BatchRing,
-        augment: tuple[AugmentSpec, NoiseBank] | None = None,
+        augment: Augmentation | tuple[AugmentSpec, NoiseBank] | None = None,
         augment_on_device: bool = False,
         speed_perturb: bool = False,
         max_consecutive_failures: int = 20,
@@ -218,7 +239,7 @@ class TrainCrops(Dataset):
         self.n_speakers = int(self.labels.max()) + 1 if len(self.labels) else 0
         self.num_samples = num_samples
         self.ring = ring
-        self.augment = augment
+        self.augment = Augmentation(*augment) if augment is not None else None
         self.augment_on_device = augment_on_device
         self.speed_perturb = speed_perturb
         self.max_consecutive_failures = max_consecutive_failures
@@ -241,29 +262,32 @@ class TrainCrops(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, key: tuple[int, int, int, int]) -> tuple[int, int, Plan | None]:
+    def __getitem__(self, key: tuple[int, int, int, int]) -> CropItem:
+        key = CropKey(*key)
         item, reverb = self._item(key)
         if reverb is not None:
-            reverberate_rows(self.ring.slot(key[2]), [key[3]], [reverb], self.augment[1])
+            reverberate_rows(self.ring.slot(key.slot), [key.row], [reverb], self.augment.bank)
         return item
 
-    def __getitems__(self, keys: list[tuple[int, int, int, int]]) -> list[tuple[int, int, Plan | None]]:
+    def __getitems__(self, keys: list[tuple[int, int, int, int]]) -> list[CropItem]:
         """A whole batch (the DataLoader calls this when it exists): reverb crops are transformed together.
 
-        Batching the FFTs of a batch's reverb crops (one slot) makes CPU augmentation ~1.3x faster per worker.
+        The FFTs of a batch's reverb crops (one slot) are batched so pocketfft runs them side by side in SIMD
+        lanes (:func:`~voxfast.audio.augment.reverberate_rows`).
         """
+        keys = [CropKey(*key) for key in keys]
         items, rows, rirs = [], [], []
         for key in keys:
             item, reverb = self._item(key)
             items.append(item)
             if reverb is not None:
-                rows.append(key[3])
+                rows.append(key.row)
                 rirs.append(reverb)
         if rows:
-            reverberate_rows(self.ring.slot(keys[0][2]), rows, rirs, self.augment[1])
+            reverberate_rows(self.ring.slot(keys[0].slot), rows, rirs, self.augment.bank)
         return items
 
-    def _item(self, key: tuple[int, int, int, int]) -> tuple[tuple[int, int, Plan | None], int | None]:
+    def _item(self, key: CropKey) -> tuple[CropItem, int | None]:
         """Crop, label and plan of one item; CPU augmentation is applied except reverb, whose RIR is returned
         (the row then holds the clean crop) so the caller can transform a batch's reverb rows at once."""
         index, draw_seed, slot, row = key
@@ -274,22 +298,22 @@ class TrainCrops(Dataset):
             wave, label = self._crop(index, rng, out)
         except AudioLoadError as exc:
             self._failed(exc)
-            return (slot, -1, None), None
+            return CropItem(slot, -1, None), None
         self._consecutive = 0
         if self.augment is None:
             self.ring.write(slot, row, wave)
-            return (slot, label, None), None
+            return CropItem(slot, label, None), None
         spec, bank = self.augment
         plan = draw_plan(rng, spec, bank, self.num_samples)
         if out is None:
             self.ring.write(slot, row, wave)
-            return (slot, label, plan), None
+            return CropItem(slot, label, plan), None
         if plan.kind == REVERB:
             if wave is not out:
                 out[:] = wave
-            return (slot, label, None), plan.rir
+            return CropItem(slot, label, None), plan.rir
         augment_numpy(wave, plan, bank, out=out)
-        return (slot, label, None), None
+        return CropItem(slot, label, None), None
 
     def _crop(self, index: int, rng: np.random.Generator, out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
         """The crop and its label; a store's float crop is converted straight into `out` when given."""
@@ -327,25 +351,32 @@ class TrainCrops(Dataset):
 
 def to_float_wave(wave: torch.Tensor) -> torch.Tensor:
     """int16 transport back to float32 in [-1, 1); run it on the model's device, after the copy."""
-    return wave.float() * INT16_SCALE if wave.dtype == torch.int16 else wave
+    return wave.float() * (1.0 / PCM16_SCALE) if wave.dtype == torch.int16 else wave
 
 
-def collate_crops(items: list[tuple[int, int, Plan | None]]) -> dict[str, Any]:
+def collate_crops(items: list[CropItem]) -> dict[str, Any]:
     """Labels (numpy) and ring slot of one batch; skipped items are dropped and counted.
 
     Device-placement plans are stacked into `batch["aug"]` tensors for the batched augmentation.
     """
-    labels = np.array([label for _, label, _ in items], dtype=np.int64)
+    labels = np.array([item.label for item in items], dtype=np.int64)
     good = np.flatnonzero(labels >= 0)
     # numpy, not tensors: small arrays cross from a worker inline, each tensor costs a shared-memory segment.
     batch: dict[str, Any] = {
-        "slot": items[0][0], "size": len(items), "failed": len(items) - len(good), "rows": good,
+        "slot": items[0].slot, "size": len(items), "failed": len(items) - len(good), "rows": good,
         "label": labels[good],
     }
-    plans = [items[i][2] for i in good]
+    plans = [items[i].plan for i in good]
     if plans and plans[0] is not None:
         batch["aug"] = stack_plans(plans)
     return batch
+
+
+class _EpochBatches(NamedTuple):
+    """This rank's batches of one epoch, kept because len() and iter() both need them."""
+
+    epoch: int
+    batches: list[list[tuple[int, int]]]  # (utterance index, crop seed) per item
 
 
 class SpeakerBatchSampler(Sampler):
@@ -375,7 +406,7 @@ class SpeakerBatchSampler(Sampler):
         self.max_seg_per_spk = max_seg_per_spk
         self.seed, self.rank, self.world = seed, rank, world
         self.epoch = 0
-        self._cache: tuple[int, list[list[tuple[int, int]]]] | None = None
+        self._cache: _EpochBatches | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -387,15 +418,15 @@ class SpeakerBatchSampler(Sampler):
         return iter(self._batches())
 
     def _batches(self) -> list[list[tuple[int, int]]]:
-        if self._cache is None or self._cache[0] != self.epoch:
+        if self._cache is None or self._cache.epoch != self.epoch:
             every = _pack_batches(self._groups(), self.batch_size // self.n_per_speaker)
             per_rank = len(every) // self.world
             mine = every[self.rank :: self.world][:per_rank]
             rng = np.random.default_rng([self.seed, self.epoch, 1])
             seeds = rng.integers(0, 2**62, size=(len(every), self.batch_size))[self.rank :: self.world]
             batches = [list(zip(b, s.tolist(), strict=True)) for b, s in zip(mine, seeds, strict=False)]
-            self._cache = (self.epoch, batches)
-        return self._cache[1]
+            self._cache = _EpochBatches(self.epoch, batches)
+        return self._cache.batches
 
     def _groups(self) -> list[tuple[int, list[int]]]:
         """(speaker, utterance indices) groups of one epoch, in random order."""

@@ -40,15 +40,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from voxfast.audio.io import read_audio
+from voxfast.audio.io import AUDIO_SUFFIXES, AUDIO_SUFFIXES_TEXT, find_audio_files, read_audio
 from voxfast.data.manifest import read_trials, read_utterances
 from voxfast.errors import AudioLoadError, VoxfastError
 from voxfast.progress import progress_bar
-from voxfast.train.trainer import autocast_for
+from voxfast.runtime import autocast_for
 
 log = logging.getLogger(__name__)
-
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
 
 @dataclass(frozen=True)
@@ -427,16 +425,17 @@ class _Partial:
 def extraction_source(source: str | Path, root: str | Path | None = None) -> tuple[list[str], list[str]]:
     """(ids, audio paths) of a training list, a Kaldi data dir, a folder of audio files or a trial list.
 
-    Folder: every .wav/.flac/.ogg below it, id = the path relative to it. Trial list (its first line has 3
-    columns, or 2 audio file names): every utterance it names once, id = the name as written, path relative
-    to `root` (default: the list's folder), so ``voxfast score`` finds the ids. Otherwise ``read_utterances``.
+    Folder: every audio file below it (:func:`find_audio_files`), id = the path relative to it. Trial list (its
+    first line has 3 columns, or 2 audio file names): every utterance it names once, id = the name as written,
+    path relative to `root` (default: the list's folder), so ``voxfast score`` finds the ids. Otherwise
+    ``read_utterances``.
     """
     source = Path(source)
     if source.is_dir() and not (source / "wav.scp").is_file():
-        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+        files = find_audio_files(source)
         if not files:
-            raise VoxfastError(f"{source}: no .wav, .flac or .ogg files found (pass a list, a Kaldi dir or a folder "
-                               "of audio)")
+            raise VoxfastError(f"{source}: no {AUDIO_SUFFIXES_TEXT} files found (pass a list, a Kaldi dir or a "
+                               "folder of audio)")
         return [p.relative_to(source).as_posix() for p in files], [str(p.resolve()) for p in files]
     if source.is_file() and _is_trial_list(source):
         trials = read_trials(source)

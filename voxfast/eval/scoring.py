@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numba
 import numpy as np
 
-from voxfast.data.manifest import Trial
+from voxfast.data.manifest import Trial, data_line
 from voxfast.errors import VoxfastError
 
 
@@ -29,7 +30,7 @@ def cosine_scores(emb: np.ndarray, enroll: np.ndarray, test: np.ndarray) -> np.n
 
     A numba loop over the trials on every core reads the two rows of each trial in place: the numpy
     route (:func:`cosine_scores_numpy`) first copies both gathered row sets, which makes it memory-bound
-    (1 M trials over 50 k x 256 embeddings: 0.25-0.3 s here against 0.9-2.3 s).
+    (timings in the README's measured tables).
     """
     emb = np.ascontiguousarray(emb, dtype=np.float32)
     enroll, test = np.asarray(enroll, dtype=np.int64), np.asarray(test, dtype=np.int64)
@@ -175,3 +176,59 @@ def score_trials_from_table(
         return cosine_scores(table, enroll, test)
     cohort = cohort if mean is None else subtract_mean(cohort, mean)
     return as_norm_scores(table, enroll, test, cohort, top_n)
+
+
+def labels_in_score_order(score_path: str | Path, pairs: Sequence[tuple[str, str]], trial_path: str | Path,
+                          trials: Sequence[Trial]) -> np.ndarray | None:
+    """Each scored pair's label (None for an unlabelled list); fails at the first line that does not match.
+
+    Score files written by voxfast follow the trial list, so an in-order comparison settles most files
+    without building a dictionary of millions of pairs.
+    """
+    if pairs != [(t.enroll, t.test) for t in trials]:
+        trials = _trials_in_score_order(score_path, pairs, trial_path, trials)
+    if trials[0].label is None:  # a trial list has one format, so all or none are labelled
+        return None
+    return np.fromiter((t.label for t in trials), dtype=bool, count=len(trials))
+
+
+def _trials_in_score_order(score_path: str | Path, pairs: Sequence[tuple[str, str]], trial_path: str | Path,
+                           trials: Sequence[Trial]) -> list[Trial]:
+    by_pair = {(t.enroll, t.test): t for t in trials}
+    first_seen: dict[tuple[str, str], int] = {}
+    for i, pair in enumerate(pairs):
+        if pair not in by_pair:
+            raise VoxfastError(f"{score_path}:{data_line(score_path, i)}: pair {' '.join(pair)!r} is not in the "
+                               f"trial list {trial_path} (score and evaluate with the same trial list)")
+        if (first := first_seen.setdefault(pair, i)) != i:
+            raise VoxfastError(f"{score_path}:{data_line(score_path, i)}: pair {' '.join(pair)!r} is scored "
+                               f"twice (first on line {data_line(score_path, first)}); keep one score per trial")
+    unscored = next((i for i, t in enumerate(trials) if (t.enroll, t.test) not in first_seen), None)
+    if unscored is not None:
+        t = trials[unscored]
+        raise VoxfastError(f"{trial_path}:{data_line(trial_path, unscored)}: trial '{t.enroll} {t.test}' has no "
+                           f"score in {score_path} (score and evaluate with the same trial list)")
+    return [by_pair[pair] for pair in pairs]
+
+
+def load_cohort(cohort: str | None, cohort_list: str | None = None, speaker_means: bool = False,
+                mean: str | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The AS-norm cohort and the mean embedding that `voxfast score` asks for (None where not asked).
+
+    `cohort`: an embedding table; with `speaker_means`, one mean row per speaker of `cohort_list`.
+    `mean`: an embedding table whose mean is subtracted, or "cohort" for the cohort table's own mean.
+    """
+    from voxfast.data.manifest import read_utterances
+    from voxfast.eval.embeddings import load_embeddings
+
+    if cohort is None and (cohort_list or speaker_means or mean == "cohort"):
+        raise VoxfastError("--cohort-list, --speaker-means and --mean cohort need --cohort COHORT.npz")
+    if bool(cohort_list) != speaker_means:
+        raise VoxfastError("--speaker-means and --cohort-list go together: the list names each cohort id's speaker")
+    cohort_ids, cohort_emb = load_embeddings(cohort) if cohort else ([], None)
+    mean_table = cohort_emb if mean == "cohort" else load_embeddings(mean)[1] if mean else None
+    mean_row = None if mean_table is None else mean_table.mean(axis=0)
+    if cohort_emb is None:
+        return None, mean_row
+    speakers = {u.utt: u.spk for u in read_utterances(cohort_list)} if cohort_list else None
+    return cohort_from(cohort_ids, cohort_emb, speakers, speaker_means), mean_row

@@ -136,7 +136,7 @@ class SEResNet(nn.Module):
 
 @register_model
 def resnetse_demo(n_mels: int = 40, embed_dim: int = 256, pooling: str = "tstp") -> SEResNet:
-    """A compact SE-ResNet (one block per stage) that trains to a useful EER on 2 CPU cores in minutes."""
+    """A compact SE-ResNet (one block per stage), small enough to train to a useful EER on a CPU (see the README)."""
     return SEResNet([1, 1, 1, 1], [16, 32, 64, 128], [(1, 1), (2, 2), (2, 2), (2, 2)], 3, (2, 1),
                     n_mels, embed_dim, pooling)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from voxfast.audio.augment import AugmentSpec, DeviceBank, NoiseBank, augment_batch
+from voxfast.audio.augment import Augmentation, AugmentSpec, DeviceBank, NoiseBank, augment_batch
 from voxfast.audio.features import crop_samples
 from voxfast.audio.store import PackedStore
 from voxfast.config import Config, config_to_dict, load_config_dict
-from voxfast.data.manifest import read_trials, read_utterances, write_scores
+from voxfast.data.manifest import Trial, read_trials, read_utterances, write_scores
 from voxfast.data.speaker import (
     BatchRing,
     CropSource,
@@ -28,6 +29,7 @@ from voxfast.data.speaker import (
     collate_crops,
     to_float_wave,
 )
+from voxfast.data.synthetic import CorpusSpec, make_corpus
 from voxfast.errors import VoxfastError
 from voxfast.eval.embeddings import extract_embeddings
 from voxfast.eval.metrics import verification_metrics
@@ -36,6 +38,7 @@ from voxfast.models.heads import create_head
 from voxfast.models.registry import create_model
 from voxfast.train.checkpoint import load_checkpoint
 from voxfast.train.schedule import margin_schedule, set_margin
+from voxfast.train.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +62,10 @@ def build_embedder(cfg: Config) -> nn.Module:
     return create_model(cfg.model.name, **{k: v for k, v in chosen.items() if v is not None})
 
 
-class SpeakerTask:
+class SpeakerTask(Task):
     """Trains on a VoxCeleb-style list with random crops; validates by EER on a trial list."""
 
+    name = "speaker"
     best_metric = ("eer", "min")  # what best.pt follows when train.validate_every is set
 
     def __init__(self, cfg: Config, rank: int = 0, world: int = 1) -> None:
@@ -93,7 +97,16 @@ class SpeakerTask:
 
     def checkpoint_extra(self) -> dict[str, Any]:
         """What a checkpoint needs beyond weights to rebuild the embedder without the training data."""
-        return {"config": config_to_dict(self.cfg), "speakers": sorted(self.speakers, key=self.speakers.get)}
+        return {"task": self.name, "config": config_to_dict(self.cfg),
+                "speakers": sorted(self.speakers, key=self.speakers.get)}
+
+    @classmethod
+    def make_demo_data(cls, out: str | Path, seed: int = 0, **options: Any) -> Path:
+        """The synthetic voice corpus (options: CorpusSpec fields); returns its training list."""
+        spec = CorpusSpec(seed=seed, **options)
+        if min(spec.train_speakers, spec.test_speakers) < 2 or min(spec.train_utts, spec.test_utts) < 2:
+            raise VoxfastError("the demo corpus needs at least 2 speakers and 2 utterances per speaker in each split")
+        return Path(make_corpus(out, spec)["train_list"])
 
     def build_model(self) -> nn.Module:
         embedder = build_embedder(self.cfg)
@@ -131,7 +144,7 @@ class SpeakerTask:
                            ) -> torch.Tensor:
         assert self.augment is not None  # plans exist only when augmentation is configured
         if self._device_bank is None:
-            self._device_bank = DeviceBank(self.augment[1], device)
+            self._device_bank = DeviceBank(self.augment.bank, device)
         with torch.autocast(device_type=device.type, enabled=False):
             return augment_batch(wave.float(), plans, self._device_bank)
 
@@ -161,11 +174,12 @@ def _ring(cfg: Config, source: CropSource, augment_on_cpu: bool, world: int) -> 
     return BatchRing(slots, cfg.train.micro_batch, crop_samples(cfg.data.num_frames), dtype)
 
 
-def _augmentation(cfg: Config) -> tuple[AugmentSpec, NoiseBank] | None:
+def _augmentation(cfg: Config) -> Augmentation | None:
+    """The configured augmentation, None when it is off; its folders are read now, at startup."""
     if not cfg.augment.enabled:
         return None
     bank = NoiseBank.from_dirs(cfg.augment.noise_dir, cfg.augment.rir_dir, cfg.data.sample_rate, mix=cfg.augment.mix)
-    return AugmentSpec.from_config(cfg.augment), bank
+    return Augmentation(AugmentSpec.from_config(cfg.augment), bank)
 
 
 def _loader(dataset: TrainCrops, sampler: RingBatches, cfg: Config) -> DataLoader:
@@ -178,21 +192,16 @@ def _loader(dataset: TrainCrops, sampler: RingBatches, cfg: Config) -> DataLoade
 
 
 def score_trials(embedder: nn.Module, cfg: Config, device: torch.device, out_dir: Path | None) -> dict[str, Any]:
-    """Embed every utterance of the trial list, cosine-score the trials and compute EER/minDCF.
+    """Embed every utterance of cfg.eval.trials, cosine-score the trials and compute EER/minDCF.
 
     Writes `scores.txt` and `metrics.json` into `out_dir` when given. Unlabelled trial lists get
     scores only.
     """
     trials = read_trials(cfg.eval.trials)
     root = Path(cfg.eval.root) if cfg.eval.root else Path(cfg.eval.trials).parent
-    names = sorted({u for t in trials for u in (t.enroll, t.test)})
-    index = {name: i for i, name in enumerate(names)}
-    max_samples = int(cfg.eval.max_seconds * cfg.data.sample_rate)
-    emb = extract_embeddings(embedder, [str(root / n) for n in names], device, cfg.data.sample_rate, max_samples,
-                             num_workers=min(cfg.data.num_workers, 2), progress=True,
-                             batch_seconds=cfg.eval.batch_seconds)
-    scores = cosine_scores(emb, *trial_indices(trials, index))
-    result: dict[str, Any] = {"n_trials": len(trials), "n_utterances": len(names)}
+    scores = trial_scores(embedder, cfg, trials, root, device)
+    n_utterances = len({u for t in trials for u in (t.enroll, t.test)})
+    result: dict[str, Any] = {"n_trials": len(trials), "n_utterances": n_utterances}
     if all(t.label is not None for t in trials):
         labels = np.array([t.label for t in trials], dtype=np.int64)
         result.update(verification_metrics(scores, labels))
@@ -201,6 +210,24 @@ def score_trials(embedder: nn.Module, cfg: Config, device: torch.device, out_dir
         write_scores(Path(out_dir) / "scores.txt", trials, scores)
         (Path(out_dir) / "metrics.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def trial_scores(embedder: nn.Module, cfg: Config, trials: Sequence[Trial], root: Path, device: torch.device
+                 ) -> np.ndarray:
+    """Cosine scores of `trials` (ids relative to `root`) with full-utterance embeddings, as validation scores."""
+    names, emb = embed_trials(embedder, cfg, trials, root, device)
+    return cosine_scores(emb, *trial_indices(trials, {name: i for i, name in enumerate(names)}))
+
+
+def embed_trials(embedder: nn.Module, cfg: Config, trials: Sequence[Trial], root: Path, device: torch.device
+                 ) -> tuple[list[str], np.ndarray]:
+    """Sorted distinct utterance ids of `trials` and their L2-normalised full-utterance embeddings (rows)."""
+    names = sorted({u for t in trials for u in (t.enroll, t.test)})
+    max_samples = int(cfg.eval.max_seconds * cfg.data.sample_rate)
+    emb = extract_embeddings(embedder, [str(root / n) for n in names], device, cfg.data.sample_rate, max_samples,
+                             num_workers=min(cfg.data.num_workers, 2), progress=True,
+                             batch_seconds=cfg.eval.batch_seconds)
+    return names, emb
 
 
 def load_embedder(path: str | Path, device: torch.device) -> tuple[nn.Module, Config]:

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from voxfast.errors import VoxfastError
+from voxfast.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +68,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
 
 def rank_device(name: str, info: DistInfo) -> torch.device:
     """The device this rank trains on: `auto` and `cuda` mean GPU LOCAL_RANK under torchrun."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and info.enabled:
-        return torch.device("cuda", info.local_rank)
-    return torch.device(name)
+    return resolve_device(name, info.local_rank if info.enabled else None)
 
 
 def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:

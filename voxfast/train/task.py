@@ -10,17 +10,28 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
+from voxfast.errors import VoxfastError
+
 
 class Task(Protocol):
+    """Subclass it explicitly: the members with a body are optional and their defaults are inherited.
+
+    Writing a task means one module in `voxfast/tasks/` and one line in `voxfast.tasks.TASKS`.
+    """
+
+    name: ClassVar[str] = "task"  # the registry name, stored in checkpoints ("task") so loaders can check the kind
+    # What best.pt follows when train.validate_every is set: a key of evaluate()'s result and "min" or "max".
+    best_metric: ClassVar[tuple[str, str]] = ("loss", "min")
+
     def build_model(self) -> nn.Module:
         """The module that is optimised (for a speaker task: embedding network plus margin head)."""
-        ...
+        raise NotImplementedError
 
     def train_batches(self, epoch: int, skip: int = 0) -> Iterable[dict[str, Any]]:
         """The micro-batches of one epoch after its first `skip` (a resumed run); `len()` counts those left.
@@ -29,29 +40,37 @@ class Task(Protocol):
         mid-epoch continues exactly as the interrupted one would have. Every batch holds a "label" entry
         whose length is its number of samples.
         """
-        ...
+        raise NotImplementedError
 
     def training_step(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
         """Move the batch to `device`, run the model and return {"loss", "output", "n"} (n = samples).
 
         May add "correct" (a device tensor: top-1 hits), which the trainer logs as accuracy.
         """
-        ...
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, device: torch.device, out_dir: Path) -> dict[str, Any]:
+        """Validation figures (for a speaker task: EER and minDCF on the trial list); {} when there is nothing to
+        validate on."""
+        return {}
 
     def on_step(self, model: nn.Module, progress: float) -> dict[str, float]:
-        """Before each optimizer step, at `progress` epochs: set schedules (e.g. a margin); values are logged.
-
-        Optional: the trainer skips tasks that do not define it.
-        """
-        ...
+        """Before each optimizer step, at `progress` epochs: set schedules (e.g. a margin); values are logged."""
+        return {}
 
     def split_batch(self, batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
-        """Optional: `batch` as `parts` smaller batches (after out-of-memory); default :func:`split_batch`."""
-        ...
+        """`batch` as `parts` smaller batches (after out-of-memory); by default :func:`split_batch`."""
+        return split_batch(batch, parts)
 
-    def evaluate(self, model: nn.Module, device: torch.device, out_dir: Path) -> dict[str, float]:
-        """Validation figures (for a speaker task: EER and minDCF on the trial list)."""
-        ...
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """What a checkpoint needs beyond the weights to use the model without the training data (the config,
+        class or speaker names, normalisation statistics); the trainer stores it in every checkpoint."""
+        return {"task": self.name}
+
+    @classmethod
+    def make_demo_data(cls, out: str | Path, seed: int = 0, **options: Any) -> Path:
+        """Write this task's synthetic demo data under `out` and return the file or list to train on."""
+        raise VoxfastError(f"the {cls.name} task has no demo data generator")
 
 
 def split_batch(batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -35,57 +35,14 @@ from torch.nn.parallel import DistributedDataParallel
 from voxfast.config import TrainConfig
 from voxfast.errors import ConfigError, VoxfastError
 from voxfast.progress import progress_bar
+from voxfast.runtime import autocast_for, configure_backends, resolve_precision, seed_everything
 from voxfast.train.checkpoint import BestTracker, load_checkpoint, prune_checkpoints, save_checkpoint
 from voxfast.train.distributed import DistInfo, any_rank, rank_device
 from voxfast.train.optim import build_optimizer, step_skipping_nonfinite
 from voxfast.train.schedule import lr_factor, peak_lr
-from voxfast.train.task import Task, split_batch
+from voxfast.train.task import Task
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    return rank_device(name, DistInfo())
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto` picks bf16 (or fp16) on CUDA, and bf16 on a CPU only when it has native bf16 (AVX512-BF16/AMX).
-
-    On CPUs without it, bf16 autocast is emulated and slower than fp32, so auto stays in fp32 there.
-    """
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    capability = torch.backends.cpu.get_cpu_capability()
-    return "bf16" if ("BF16" in capability or "AMX" in capability) else "fp32"
-
-
-def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast for a resolved precision (bf16/fp16); fp32 adds none, so a caller's own autocast still applies."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision not in ("bf16", "fp16"):
-        raise VoxfastError(f"unknown precision {precision!r}; choose fp32, bf16 or fp16")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-def configure_backends(cfg: TrainConfig) -> None:
-    """TF32, cuDNN autotuning and deterministic algorithms: process-wide switches, set once per run."""
-    precision = "tf32" if cfg.tf32 and not cfg.deterministic else "ieee"
-    torch.backends.cuda.matmul.fp32_precision = precision
-    torch.backends.cudnn.conv.fp32_precision = precision
-    torch.backends.cudnn.benchmark = cfg.cudnn_benchmark and not cfg.deterministic
-    torch.backends.cudnn.deterministic = cfg.deterministic
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic GEMMs
-    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def accumulation_steps(cfg: TrainConfig, world: int) -> int:
@@ -100,10 +57,10 @@ def accumulation_steps(cfg: TrainConfig, world: int) -> int:
 class Trainer:
     """Optimises `task.build_model()` under the settings of a TrainConfig, on one process or under torchrun."""
 
-    def __init__(self, task: Task, cfg: TrainConfig, out_dir: str | Path, extra_state: dict[str, Any] | None = None,
-                 dist_info: DistInfo | None = None, profile: tuple[int, int] | None = None) -> None:
+    def __init__(self, task: Task, cfg: TrainConfig, out_dir: str | Path, dist_info: DistInfo | None = None,
+                 profile: tuple[int, int] | None = None) -> None:
         self.task, self.cfg, self.out_dir = task, cfg, Path(out_dir)
-        self.extra_state = extra_state or {}
+        self.extra_state = task.checkpoint_extra()  # config, names, statistics: saved beside the weights
         self.dist = dist_info or DistInfo()
         self.device = rank_device(cfg.device, self.dist)
         self.precision = resolve_precision(cfg.precision, self.device)
@@ -123,7 +80,7 @@ class Trainer:
         self.epoch = self.step = self.batch_in_epoch = 0  # batch_in_epoch: micro-batches done in this epoch
         self.split = 1  # each micro-batch runs as `split` pieces after out-of-memory errors
         self.skipped_files = 0
-        metric, mode = getattr(task, "best_metric", ("loss", "min")) if cfg.validate_every else ("train_loss", "min")
+        metric, mode = task.best_metric if cfg.validate_every else ("train_loss", "min")
         self.best = BestTracker(mode, metric)  # best.pt: the task's validation metric, else the training loss
         self.validation: dict[str, Any] = {}  # figures of the latest validation, saved in checkpoints
         zero = torch.zeros((), device=self.device)
@@ -208,7 +165,7 @@ class Trainer:
             self.step += 1
             window.add(*result, progress)
             epoch_loss.add(*result, progress)
-            epoch_samples += result[2]
+            epoch_samples += result.samples
             bar.update(1)
             self._after_step(window)
             if self.step % self.cfg.log_every == 0:
@@ -233,8 +190,7 @@ class Trainer:
             group["lr"] = lr
         if self._profile and self.step + 1 == self._profile[0]:
             self._profiler = _start_profiler(self.device)
-        hook = getattr(self.task, "on_step", None)
-        return hook(self.module, progress) if hook is not None else {}
+        return self.task.on_step(self.module, progress)
 
     def _after_step(self, window: _Window) -> None:
         if not self.dist.enabled:
@@ -253,8 +209,8 @@ class Trainer:
     def train_step(self, micro_batches: list[dict[str, Any]]) -> _StepResult:
         """One optimizer step over accumulated micro-batches, retried in smaller pieces after out-of-memory.
 
-        Returns (loss sum over finite steps, samples in that sum, samples, top-1 hits or None): device tensors
-        except the sample count, so nothing here waits for the device.
+        Returns a :class:`_StepResult`: device tensors except the sample count, so nothing here waits for the
+        device.
         """
         while True:
             try:
@@ -287,13 +243,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         ok = 1.0 - found_inf
         self._count_nonfinite(found_inf)
-        return torch.where(ok > 0, loss_sum, 0.0), ok * n_total, n_total, correct
+        return _StepResult(torch.where(ok > 0, loss_sum, 0.0), ok * n_total, n_total, correct)
 
     def _pieces(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
         if self.split == 1:
             return [batch]
-        splitter = getattr(self.task, "split_batch", None)
-        return splitter(batch, self.split) if splitter is not None else split_batch(batch, self.split)
+        return self.task.split_batch(batch, self.split)
 
     def _sync_grads(self, final: bool) -> contextlib.AbstractContextManager:
         """DDP all-reduces gradients on the final micro-step only; earlier ones accumulate locally."""
@@ -489,7 +444,13 @@ class Trainer:
             self._tb = None
 
 
-_StepResult = tuple[torch.Tensor, torch.Tensor, int, "torch.Tensor | None"]
+class _StepResult(NamedTuple):
+    """One optimizer step's figures for the running totals, in the order :meth:`_Window.add` takes them."""
+
+    loss_sum: torch.Tensor  # sum of loss x samples over the step's pieces, 0 when the step was not finite
+    finite_samples: torch.Tensor  # samples in loss_sum: the step's samples, or 0 when it was skipped
+    samples: int  # samples the step saw, skipped or not
+    correct: torch.Tensor | None  # top-1 hits, when the task reports them
 
 
 class _Window:

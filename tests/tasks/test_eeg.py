@@ -12,14 +12,15 @@ import pytest
 import torch
 from scipy.signal import butter, sosfiltfilt
 
-from voxfast.adapters import eeg
 from voxfast.cli import main
-from voxfast.config import Config, EEGConfig, TrainConfig
+from voxfast.config import Config, EEGConfig, TrainConfig, find_config
 from voxfast.errors import VoxfastError
+from voxfast.models import eeg as eeg_models
+from voxfast.tasks import eeg
 from voxfast.train.checkpoint import load_checkpoint
 from voxfast.train.trainer import Trainer
 
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "eeg_demo.yaml"
+DEMO_CONFIG = find_config("eeg_demo")
 
 
 def _write_npz(path: Path, n: int = 40, channels: int = 3, samples: int = 64, **arrays: np.ndarray) -> Path:
@@ -61,7 +62,7 @@ def test_npz_windows_are_read_labelled_and_standardised_with_training_statistics
     assert data.classes == ["a", "b"] and data.y.tolist() == [0, 1] * 20 and data.channels == ["0", "1", "2"]
 
     task = eeg.EEGTask(_config(path, tmp_path))
-    train = raw[task.train_idx]
+    train = raw[task.train_rows]
     stats = task.checkpoint_extra()["eeg"]
     np.testing.assert_allclose(stats["mean"], train.mean(axis=(0, 2)), atol=1e-6)
     np.testing.assert_allclose(stats["std"], train.std(axis=(0, 2)), rtol=1e-5)
@@ -164,7 +165,7 @@ def test_time_shift_matches_a_per_window_numpy_reference() -> None:
 def test_batches_are_the_same_after_skipping_and_shifts_are_drawn_per_epoch_and_batch(tmp_path: Path) -> None:
     task = eeg.EEGTask(_config(_write_npz(tmp_path / "eeg.npz", n=100), tmp_path, time_shift=5))
     full = list(task.train_batches(2))
-    assert len(full) == len(task.train_idx) // 8 and all(len(b["label"]) == 8 for b in full)
+    assert len(full) == len(task.train_rows) // 8 and all(len(b["label"]) == 8 for b in full)
     for a, b in zip(list(task.train_batches(2, skip=3)), full[3:], strict=True):
         assert a.keys() == b.keys() == {"x", "label", "index", "shift"}
         assert all(torch.equal(a[k], b[k]) for k in a)
@@ -173,7 +174,7 @@ def test_batches_are_the_same_after_skipping_and_shifts_are_drawn_per_epoch_and_
     shifts = torch.cat([b["shift"] for b in full])
     assert shifts.abs().max() <= 5 and len(shifts.unique()) > 5
     assert torch.equal(full[0]["x"], task.x[full[0]["index"]]) and set(torch.cat([b["index"] for b in full]).tolist()
-                                                                       ) <= set(task.train_idx.tolist())
+                                                                       ) <= set(task.train_rows.tolist())
 
 
 def test_ranks_take_every_world_th_batch_and_the_same_count(tmp_path: Path) -> None:
@@ -187,7 +188,7 @@ def test_ranks_take_every_world_th_batch_and_the_same_count(tmp_path: Path) -> N
 
 def test_both_models_map_windows_to_class_scores(one_thread: None) -> None:
     x = torch.randn(4, 16, 256)
-    for model in (eeg.EEGNet(16, 256, 4, 128.0), eeg.SEResNet1d(16, 4)):
+    for model in (eeg_models.EEGNet(16, 256, 4, 128.0), eeg_models.SEResNet1d(16, 4)):
         out = model(x)
         out.sum().backward()
         assert out.shape == (4, 4)
@@ -199,7 +200,7 @@ def test_both_models_map_windows_to_class_scores(one_thread: None) -> None:
 def test_a_short_training_run_beats_chance(demo: Path, tmp_path: Path, one_thread: None) -> None:
     cfg = _config(demo, tmp_path, bandpass=(4.0, 40.0), time_shift=8, split="random")
     cfg.train.epochs, cfg.train.lr, cfg.train.global_batch, cfg.train.micro_batch = 12, 0.003, 16, 16
-    trainer = Trainer(eeg.task_class(cfg), cfg.train, tmp_path / "run")
+    trainer = Trainer(eeg.EEGTask(cfg), cfg.train, tmp_path / "run")
     trainer.fit()
     metrics = trainer.evaluate()
     assert metrics["n_val"] == 104  # a fifth of each class: 4 x round(0.2 x 128)

@@ -11,22 +11,20 @@ run resumed mid-epoch augments exactly as the interrupted one would have.
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.signal import butter, sosfiltfilt
 from torch import nn
 
-from voxfast.config import Config, EEGConfig, config_to_dict
+from voxfast.config import Config, EEGConfig
 from voxfast.errors import VoxfastError
-from voxfast.models.se_resnet import SqueezeExcite
+from voxfast.models.registry import check_model, create_model
+from voxfast.tasks.classification import ClassificationTask, channel_stats, epoch_generator, take
 
 log = logging.getLogger(__name__)
 
@@ -247,13 +245,6 @@ def split_windows(y: np.ndarray, groups: np.ndarray | None, how: str, val_fracti
     return np.flatnonzero(~val), np.flatnonzero(val)
 
 
-def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and standard deviation over windows and time (float64); a flat channel gets std 1."""
-    mean = x.mean(axis=(0, 2), dtype=np.float64)
-    std = x.std(axis=(0, 2), dtype=np.float64)
-    return mean, np.where(std > 0, std, 1.0)
-
-
 def shift_time(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     """Delay window i of (B, channels, samples) by shifts[i] samples (negative: advance), repeating its edge sample.
 
@@ -265,189 +256,70 @@ def shift_time(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     return x.gather(-1, source[:, None, :].expand(-1, x.shape[1], -1))
 
 
-def classification_metrics(labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    """Accuracy and balanced accuracy (mean recall over the classes present), which chance puts at 1 / classes
-    however unbalanced the validation set is."""
-    n = int(labels.max(initial=0)) + 1
-    totals = np.bincount(labels, minlength=n)
-    hits = np.bincount(labels[labels == predicted], minlength=n)
-    present = totals > 0
-    return {"accuracy": float((labels == predicted).mean()),
-            "balanced_accuracy": float((hits[present] / totals[present]).mean()), "n_val": len(labels)}
-
-
-# ----------------------------------------------------------------------------------------------- models
-
-
-def _odd(length: float) -> int:
-    """The odd kernel length nearest `length`: "same" padding is then symmetric and needs no padded copy."""
-    return 2 * round((length - 1) / 2) + 1
-
-
-class EEGNet(nn.Module):
-    """EEGNet-8,2 (Lawhern et al., 2018): temporal filters, depthwise spatial filters per temporal filter, then a
-    separable convolution; ELU, average pooling and dropout between, a linear classifier on the flattened maps.
-
-    Kernel lengths follow the paper in seconds (1/2 s temporal, 1/8 s separable, made odd), so they scale with the
-    rate. The paper's max-norm constraints are left to weight decay; dropout 0.25 is its cross-subject setting.
-    """
-
-    def __init__(self, n_channels: int, n_samples: int, n_classes: int, sfreq: float, f1: int = 8, depth: int = 2,
-                 f2: int = 16, dropout: float = 0.25) -> None:
-        super().__init__()
-        if n_samples < 32:
-            raise VoxfastError(f"eegnet needs windows of at least 32 samples (it pools time by 32), got {n_samples}")
-        f = f1 * depth
-        self.features = nn.Sequential(
-            nn.Conv2d(1, f1, (1, _odd(sfreq / 2)), padding="same", bias=False), nn.BatchNorm2d(f1),
-            nn.Conv2d(f1, f, (n_channels, 1), groups=f1, bias=False), nn.BatchNorm2d(f), nn.ELU(),
-            nn.AvgPool2d((1, 4)), nn.Dropout(dropout),
-            nn.Conv2d(f, f, (1, _odd(sfreq / 8)), padding="same", groups=f, bias=False),
-            nn.Conv2d(f, f2, 1, bias=False), nn.BatchNorm2d(f2), nn.ELU(),
-            nn.AvgPool2d((1, 8)), nn.Dropout(dropout),
-        )
-        self.classify = nn.Linear(f2 * (n_samples // 32), n_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (B, channels, samples) -> (B, 1, channels, samples) -> (B, f2, 1, samples / 32) -> (B, classes)
-        return self.classify(self.features(x.unsqueeze(1)).flatten(1))
-
-
-class SEBlock1d(nn.Module):
-    """Two k=7 convolutions over time with batch norm, voxfast's SqueezeExcite gate and a projection shortcut."""
-
-    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv1d(in_ch, out_ch, 7, stride=stride, padding=3, bias=False), nn.BatchNorm1d(out_ch),
-            nn.ReLU(inplace=True), nn.Conv1d(out_ch, out_ch, 7, padding=3, bias=False), nn.BatchNorm1d(out_ch),
-        )
-        self.se = SqueezeExcite(out_ch)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(nn.Conv1d(in_ch, out_ch, 1, stride=stride, bias=False),
-                                          nn.BatchNorm1d(out_ch))
-        self.relu = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (B, C_in, T) -> (B, C_out, T / stride); the 2-D SE gate sees (B, C, 1, T)
-        y = self.se(self.body(x).unsqueeze(2)).squeeze(2)
-        return self.relu(y + self.shortcut(x))
-
-
-class SEResNet1d(nn.Module):
-    """A 1-D SE-ResNet over time with EEG channels as input channels: each stage halves time, then a global average
-    and a linear classifier, so any window length works."""
-
-    def __init__(self, n_channels: int, n_classes: int, widths: tuple[int, ...] = (32, 64, 128),
-                 dropout: float = 0.25) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv1d(n_channels, widths[0], 7, stride=2, padding=3, bias=False),
-                                  nn.BatchNorm1d(widths[0]), nn.ReLU(inplace=True))
-        self.blocks = nn.Sequential(*(SEBlock1d(a, b, 2) for a, b in zip((widths[0], *widths), widths, strict=False)))
-        self.classify = nn.Sequential(nn.Dropout(dropout), nn.Linear(widths[-1], n_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (B, channels, samples) -> (B, width, samples / 2^(stages+1)) -> mean over time -> (B, classes)
-        return self.classify(self.blocks(self.stem(x)).mean(dim=-1))
-
-
 # ----------------------------------------------------------------------------------------------- task
 
 
-class EEGTask:
+class EEGTask(ClassificationTask):
     """Classifies EEG windows; validates by balanced accuracy on held-out groups (subjects or runs)."""
 
-    best_metric = ("balanced_accuracy", "max")  # what best.pt follows when train.validate_every is set
+    name = "eeg"
+    unit = "windows"
+    best_metric = ("balanced_accuracy", "max")
 
     def __init__(self, cfg: Config, rank: int = 0, world: int = 1) -> None:
-        self.cfg, self.rank, self.world = cfg, rank, world
+        super().__init__(cfg, rank, world)
+        check_model(cfg.eeg.model, "eeg")
         data = read_windows(cfg.eeg)
         if len(data.classes) < 2:
             raise VoxfastError(f"{cfg.eeg.data}: {len(data.classes)} class(es); classification needs at least 2")
-        self.train_idx, self.val_idx = split_windows(data.y, data.groups, cfg.eeg.split, cfg.eeg.val_fraction,
-                                                     cfg.train.seed)
-        self.mean, self.std = channel_stats(data.x[self.train_idx])
+        self.train_rows, self.val_rows = split_windows(data.y, data.groups, cfg.eeg.split, cfg.eeg.val_fraction,
+                                                       self.seed)
+        self.mean, self.std = channel_stats(data.x[self.train_rows])
         data.x -= self.mean.astype(np.float32)[:, None]
         data.x /= self.std.astype(np.float32)[:, None]
         self.x, self.y = torch.from_numpy(data.x), torch.from_numpy(data.y)
-        self.data = data
-        self.n_batches = len(self.train_idx) // cfg.train.micro_batch // world  # per rank and epoch
-        if self.n_batches == 0:
-            raise VoxfastError(f"{cfg.eeg.data}: {len(self.train_idx)} training windows do not fill one micro-batch "
-                               f"of {cfg.train.micro_batch} per process ({world}); lower train.micro_batch")
+        self.val_labels = data.y[self.val_rows]
+        self.data, self.classes = data, data.classes
+        self.check_batches(cfg.eeg.data)
         log.info("%d windows (%d train, %d validation) of %d channels x %d samples at %g Hz, %d classes, from %s",
-                 len(data.y), len(self.train_idx), len(self.val_idx), data.x.shape[1], data.x.shape[2], data.sfreq,
+                 len(data.y), len(self.train_rows), len(self.val_rows), data.x.shape[1], data.x.shape[2], data.sfreq,
                  len(data.classes), cfg.eeg.data)
 
-    def checkpoint_extra(self) -> dict[str, Any]:
-        """What applying the model to new recordings needs: the config, class names and training statistics."""
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What applying the model to new recordings needs: class names, channels, rate and training statistics."""
         d = self.data
-        return {"task": "eeg", "config": config_to_dict(self.cfg),
-                "eeg": {"classes": d.classes, "channels": d.channels, "sfreq": d.sfreq, "samples": d.x.shape[2],
+        return {"eeg": {"classes": d.classes, "channels": d.channels, "sfreq": d.sfreq, "samples": d.x.shape[2],
                         "mean": self.mean.tolist(), "std": self.std.tolist()}}
 
     def build_model(self) -> nn.Module:
         _, channels, samples = self.x.shape
-        if self.cfg.eeg.model == "eegnet":
-            return EEGNet(channels, samples, len(self.data.classes), self.data.sfreq)
-        return SEResNet1d(channels, len(self.data.classes))
+        return create_model(self.cfg.eeg.model, "eeg", n_channels=channels, n_samples=samples,
+                            n_classes=len(self.classes), sfreq=self.data.sfreq)
 
-    def train_batches(self, epoch: int, skip: int = 0) -> EpochBatches:
-        """Micro-batch b of the epoch's permutation goes to rank b % world; every rank gets `n_batches`."""
-        order = self.train_idx[np.random.default_rng([self.cfg.train.seed, epoch]).permutation(len(self.train_idx))]
-        numbers = range(self.rank, self.n_batches * self.world, self.world)[skip:]
-        return EpochBatches(self, order, numbers, epoch)
-
-    def batch(self, order: np.ndarray, number: int, epoch: int) -> dict[str, torch.Tensor]:
-        """Micro-batch `number` of an epoch: {"x", "label", "index"}, plus "shift" (samples) with eeg.time_shift."""
-        m = self.cfg.train.micro_batch
-        index = torch.from_numpy(order[number * m : (number + 1) * m])
-        out = {"x": self.x[index], "label": self.y[index], "index": index}
+    def gather(self, rows: np.ndarray, number: int, epoch: int) -> dict[str, Any]:
+        """{"x", "label", "index"} (index: rows of the data set), plus "shift" (samples, drawn per (seed, epoch,
+        batch)) with eeg.time_shift."""
+        index = torch.from_numpy(rows)
+        out = {"x": take(self.x, index, self.pin), "label": take(self.y, index, self.pin), "index": index}
         if self.cfg.eeg.time_shift > 0:
-            seed = np.random.SeedSequence([self.cfg.train.seed, epoch, number]).generate_state(1, np.uint64)[0]
-            g = torch.Generator().manual_seed(int(seed))
-            out["shift"] = torch.randint(-self.cfg.eeg.time_shift, self.cfg.eeg.time_shift + 1, (len(index),),
-                                         generator=g)
+            shift = self.cfg.eeg.time_shift
+            out["shift"] = torch.randint(-shift, shift + 1, (len(rows),),
+                                         generator=epoch_generator(self.seed, epoch, number))
         return out
 
-    def training_step(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
-        x = batch["x"]
-        if device.type == "cuda" and self.cfg.data.pin_memory:
-            x = x.pin_memory()  # a page-locked copy uploads asynchronously
-        x = x.to(device, non_blocking=True)
-        label = batch["label"].to(device, non_blocking=True)
+    def inputs(self, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+        x = batch["x"].to(device, non_blocking=True)
         if "shift" in batch:
             x = shift_time(x, batch["shift"].to(device, non_blocking=True))
-        logits = model(x)
-        loss = F.cross_entropy(logits.float(), label)
-        return {"loss": loss, "output": logits, "n": len(label), "correct": (logits.detach().argmax(1) == label).sum()}
+        return x
 
-    def evaluate(self, model: nn.Module, device: torch.device, out_dir: Path) -> dict[str, float]:
-        """Accuracy and balanced accuracy on the validation windows (unshifted); also written to metrics.json."""
-        chunks = torch.from_numpy(self.val_idx).split(max(self.cfg.train.micro_batch, 256))
-        predicted = torch.cat([model(self.x[c].to(device)).argmax(1).cpu() for c in chunks]).numpy()
-        result = classification_metrics(self.y[self.val_idx].numpy(), predicted)
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(out_dir) / "metrics.json").write_text(json.dumps(result, indent=2))
-        return result
+    def eval_inputs(self, positions: torch.Tensor, device: torch.device) -> torch.Tensor:
+        return self.x[torch.from_numpy(self.val_rows)[positions]].to(device)
 
-
-class EpochBatches:
-    """The micro-batches of one epoch for one rank, cut from the in-memory tensors as they are iterated, so an
-    epoch costs no copy of the data set."""
-
-    def __init__(self, task: EEGTask, order: np.ndarray, numbers: range, epoch: int) -> None:
-        self.task, self.order, self.numbers, self.epoch = task, order, numbers, epoch
-
-    def __len__(self) -> int:
-        return len(self.numbers)
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        return (self.task.batch(self.order, b, self.epoch) for b in self.numbers)
-
-
-task_class = EEGTask  # what `voxfast train --task eeg` builds
+    @classmethod
+    def make_demo_data(cls, out: str | Path, seed: int = 0, **options: Any) -> Path:
+        """out/eeg.npz: synthetic 4-class motor imagery of several subjects (see :func:`make_demo_data`)."""
+        return make_demo_data(out, seed, **options)
 
 
 # ----------------------------------------------------------------------------------------------- demo data

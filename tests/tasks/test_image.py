@@ -1,4 +1,4 @@
-"""The image adapter: both data formats and their errors, the stratified split, device augmentation against a numpy
+"""The image task: both data formats and their errors, the stratified split, device augmentation against a numpy
 reference, exact mid-epoch batches, and short training runs through the Trainer and the CLI."""
 
 import json
@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from voxfast.adapters.image import (
+from voxfast.cli import main
+from voxfast.config import load_config
+from voxfast.errors import VoxfastError
+from voxfast.tasks.classification import epoch_generator as augment_generator
+from voxfast.tasks.image import (
     ImageTask,
     augment_draws,
-    augment_generator,
     crop_flip,
     make_demo_data,
     read_images,
     stratified_split,
 )
-from voxfast.cli import main
-from voxfast.config import load_config
-from voxfast.errors import VoxfastError
 from voxfast.train.checkpoint import load_checkpoint
 from voxfast.train.trainer import Trainer
 
@@ -138,10 +138,10 @@ def test_crop_flip_matches_numpy_reference(dtype):
 def test_split_pieces_keep_the_batch_draws(demo, tmp_path):
     task = ImageTask(_cfg(demo, tmp_path))
     batch = task.train_batches(1)[2]
-    whole = task.augment(batch, torch.device("cpu"))
-    pieces = [task.augment(p, torch.device("cpu")) for p in task.split_batch(batch, 3)]
+    whole = task.inputs(batch, torch.device("cpu"))
+    pieces = [task.inputs(p, torch.device("cpu")) for p in task.split_batch(batch, 3)]
     assert torch.equal(torch.cat(pieces), whole)
-    assert torch.equal(task.augment(batch, torch.device("cpu")), whole)
+    assert torch.equal(task.inputs(batch, torch.device("cpu")), whole)
 
 
 # ----------------------------------------------------------------------------------------------- batches
@@ -171,7 +171,7 @@ def test_trainer_beats_chance(demo, tmp_path):
     cfg = _cfg(demo, tmp_path / "run", "train.epochs=8", "train.lr=0.01", "train.warmup_epochs=0.5",
                "image.crop_padding=0", "train.validate_every=4")
     task = ImageTask(cfg)
-    trainer = Trainer(task, cfg.train, tmp_path / "run", task.checkpoint_extra())
+    trainer = Trainer(task, cfg.train, tmp_path / "run")
     trainer.fit()
     metrics = trainer.evaluate()
     assert metrics["n_val"] == 60 and len(metrics["per_class_accuracy"]) == 10
@@ -181,7 +181,7 @@ def test_trainer_beats_chance(demo, tmp_path):
 
 def test_cli_train(demo, tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", "--task", "image", "--config", str(ROOT / "configs" / "image_demo.yaml"),
+    code = main(["train", "--task", "image", "--config", "image_demo",
                  f"image.data={demo}", f"train.out_dir={out}", "image.width=4", "image.blocks=1,1,1", "train.epochs=1",
                  "train.micro_batch=32", "train.global_batch=64", "train.device=cpu", "train.tensorboard=false",
                  "train.validate_every=1"])

@@ -1,4 +1,4 @@
-"""Image classification on the speaker trainer: in-memory data, crops and flips on the device, a small SE-ResNet.
+"""Image classification on the shared trainer: in-memory data, crops and flips on the device, a small SE-ResNet.
 
 Small-image datasets (MNIST-, CIFAR-sized) fit in memory as uint8, so there is no loader: a micro-batch is one
 `index_select` into a (pinned) buffer, uploaded asynchronously, and the augmentation (random crop after zero padding,
@@ -8,10 +8,8 @@ horizontal flip) runs on the device for the whole batch at once. Its draws come 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -23,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from voxfast.config import Config, ImageConfig, config_to_dict
+from voxfast.config import Config, ImageConfig
 from voxfast.errors import ConfigError, VoxfastError
-from voxfast.models.se_resnet import SEBasicBlock
+from voxfast.models.registry import check_model, create_model
+from voxfast.tasks.classification import ClassificationTask, channel_stats, epoch_generator, take
 from voxfast.train.task import split_batch
 
 log = logging.getLogger(__name__)
@@ -175,27 +174,8 @@ def load_splits(cfg: ImageConfig, seed: int) -> tuple[ImageSet, ImageSet, list[s
     return ImageSet(images, labels), val, names
 
 
-def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std of (N, C, H, W) images, in float64 chunks (no full-size float copy)."""
-    total = np.zeros(images.shape[1])
-    squares = np.zeros(images.shape[1])
-    for start in range(0, len(images), 4096):
-        chunk = images[start : start + 4096].astype(np.float64)
-        total += chunk.sum(axis=(0, 2, 3))
-        squares += np.square(chunk).sum(axis=(0, 2, 3))
-    count = max(images.size // images.shape[1], 1)
-    mean = total / count
-    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
-    return mean, np.where(std > 0, std, 1.0)  # a constant channel is left unscaled
-
 
 # ----------------------------------------------------------------------------------------------- augmentation
-
-
-def augment_generator(seed: int, epoch: int, index: int, device: torch.device) -> torch.Generator:
-    """The generator of one micro-batch's draws: the same (seed, epoch, batch number) always draws the same."""
-    state = np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0]
-    return torch.Generator(device=device).manual_seed(int(state))
 
 
 def augment_draws(n: int, padding: int, flip: bool, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,108 +202,42 @@ def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, paddi
     return padded.flatten(2).gather(2, index[:, None].expand(-1, c, -1)).view(b, c, h, w)
 
 
-# ----------------------------------------------------------------------------------------------- model
-
-
-class ImageSEResNet(nn.Module):
-    """Stem conv, three stages of the speaker models' SE basic blocks (widths w, 2w, 4w), average pool, linear."""
-
-    def __init__(self, in_channels: int, n_classes: int, width: int = 32, blocks: Sequence[int] = (1, 1, 1)) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-                                  nn.ReLU(inplace=True))
-        layers: list[nn.Module] = []
-        in_ch = width
-        for stage, depth in enumerate(blocks):
-            out_ch = width * 2**stage
-            for i in range(depth):
-                stride = 2 if stage > 0 and i == 0 else 1
-                layers.append(SEBasicBlock(in_ch, out_ch, (stride, stride), se=True))
-                in_ch = out_ch
-        self.blocks = nn.Sequential(*layers)
-        self.classifier = nn.Linear(in_ch, n_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (B, C, H, W) normalised images -> (B, n_classes) logits
-        return self.classifier(self.blocks(self.stem(x)).mean(dim=(2, 3)))
-
-
-def se_resnet_image(in_channels: int, n_classes: int, width: int = 32, blocks: Sequence[int] = (1, 1, 1)
-                    ) -> ImageSEResNet:
-    """The `se_resnet_image` model of image.model."""
-    return ImageSEResNet(in_channels, n_classes, width, blocks)
-
-
 # ----------------------------------------------------------------------------------------------- task
 
 
-class EpochBatches(Sequence[dict[str, Any]]):
-    """One epoch's micro-batches, gathered only when read (an epoch is never copied whole)."""
+class ImageTask(ClassificationTask):
+    """Image classification: cross-entropy on a registered image model, validated by accuracy."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, chunks: list[tuple[int, np.ndarray]],
-                 epoch: int, pin: bool) -> None:
-        self.images, self.labels, self.chunks, self.epoch, self.pin = images, labels, chunks, epoch, pin
-
-    def __len__(self) -> int:
-        return len(self.chunks)
-
-    def __getitem__(self, i: Any) -> Any:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        index, rows = self.chunks[i]
-        idx = torch.from_numpy(rows)
-        return {"x": _take(self.images, idx, self.pin), "label": _take(self.labels, idx, self.pin),
-                "index": index, "epoch": self.epoch}
-
-
-def _take(source: torch.Tensor, idx: torch.Tensor, pin: bool) -> torch.Tensor:
-    """source[idx], written straight into page-locked memory when pinning (one copy, async upload later)."""
-    out = torch.empty((len(idx), *source.shape[1:]), dtype=source.dtype, pin_memory=pin)
-    return torch.index_select(source, 0, idx, out=out)
-
-
-class ImageTask:
-    """Image classification: cross-entropy on an SE-ResNet, validated by accuracy (best.pt follows it)."""
-
-    best_metric = ("accuracy", "max")  # what best.pt follows when train.validate_every is set
+    name = "image"
+    unit = "images"
 
     def __init__(self, cfg: Config, rank: int = 0, world: int = 1) -> None:
+        super().__init__(cfg, rank, world)
         _check_config(cfg.image)
-        self.cfg, self.rank, self.world = cfg, rank, world
-        self.seed = cfg.train.seed % 2**32  # numpy seed sequences take no negative entropy
+        check_model(cfg.image.model, "image")
         train, val, self.classes = load_splits(cfg.image, self.seed)
         self.train_x, self.train_y = torch.from_numpy(train.images), torch.from_numpy(train.labels)
-        self.val_x, self.val_y = torch.from_numpy(val.images), torch.from_numpy(val.labels)
+        self.val_x, self.val_labels = torch.from_numpy(val.images), val.labels
+        self.train_rows = np.arange(len(train.labels))
         self.mean, self.std = channel_stats(train.images)
-        self.pin = cfg.data.pin_memory and torch.cuda.is_available()
         self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.batches_per_rank = len(train.labels) // cfg.train.micro_batch // world
-        if self.batches_per_rank == 0:
-            raise VoxfastError(f"{cfg.image.data}: {len(train.labels)} training images do not fill one micro-batch "
-                               f"of {cfg.train.micro_batch} per process ({world}); lower train.micro_batch")
+        self.check_batches(cfg.image.data)
         log.info("%d training and %d validation images of %d classes, shape (C, H, W) = %s, from %s",
                  len(train.labels), len(val.labels), len(self.classes), tuple(train.images.shape[1:]), cfg.image.data)
 
-    def checkpoint_extra(self) -> dict[str, Any]:
-        """What a checkpoint needs beyond weights to classify new images: config, class names, normalisation."""
-        return {"config": config_to_dict(self.cfg), "task": "image", "classes": self.classes,
-                "normalisation": {"mean": self.mean.tolist(), "std": self.std.tolist()}}
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Class names and the normalisation, which classifying new images needs."""
+        return {"classes": self.classes, "normalisation": {"mean": self.mean.tolist(), "std": self.std.tolist()}}
 
     def build_model(self) -> nn.Module:
         ic = self.cfg.image
-        return se_resnet_image(self.train_x.shape[1], len(self.classes), ic.width, ic.blocks)
+        return create_model(ic.model, "image", in_channels=self.train_x.shape[1], n_classes=len(self.classes),
+                            width=ic.width, blocks=ic.blocks)
 
-    def train_batches(self, epoch: int, skip: int = 0) -> EpochBatches:
-        """Full micro-batches of a (seed, epoch) permutation; rank r takes every world-th, all ranks as many.
-
-        The last partial micro-batch is dropped: batch norm on a handful of images is noise, and fixed shapes
-        keep cuDNN autotuning and torch.compile from re-tuning.
-        """
-        m = self.cfg.train.micro_batch
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.train_y))
-        chunks = [(i, order[i * m : (i + 1) * m]) for i in range(len(order) // m)]
-        mine = chunks[self.rank :: self.world][: self.batches_per_rank]
-        return EpochBatches(self.train_x, self.train_y, mine[skip:], epoch, self.pin)
+    def gather(self, rows: np.ndarray, number: int, epoch: int) -> dict[str, Any]:
+        idx = torch.from_numpy(rows)
+        return {"x": take(self.train_x, idx, self.pin), "label": take(self.train_y, idx, self.pin),
+                "index": number, "epoch": epoch}
 
     def split_batch(self, batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
         """Pieces of a micro-batch (after out-of-memory) that keep the whole batch's augmentation draws."""
@@ -333,22 +247,17 @@ class ImageTask:
             first += len(piece["label"])
         return pieces
 
-    def training_step(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
-        x = self.augment(batch, device)
-        label = batch["label"].to(device, non_blocking=True)
-        logits = model(x)
-        loss = F.cross_entropy(logits, label)
-        correct = (logits.detach().argmax(1) == label).sum()
-        return {"loss": loss, "output": logits, "n": len(label), "correct": correct}
-
-    def augment(self, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+    def inputs(self, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
         """The batch on `device`: cropped and flipped with its own draws, normalised, as float32."""
         ic, n = self.cfg.image, len(batch["label"])
         first, full = batch.get("span", (0, n))
-        generator = augment_generator(self.seed, batch["epoch"], batch["index"], device)
+        generator = epoch_generator(self.seed, batch["epoch"], batch["index"], device)
         offsets, flips = augment_draws(full, ic.crop_padding, ic.flip, generator)
         x = batch["x"].to(device, non_blocking=True)
         return self._normalise(crop_flip(x, offsets[first : first + n], flips[first : first + n], ic.crop_padding))
+
+    def eval_inputs(self, positions: torch.Tensor, device: torch.device) -> torch.Tensor:
+        return self._normalise(self.val_x[positions].to(device))
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         if x.device not in self._stats:
@@ -358,27 +267,10 @@ class ImageTask:
         x = (x.float() - mean) / std
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else x
 
-    def evaluate(self, model: nn.Module, device: torch.device, out_dir: Path) -> dict[str, Any]:
-        """Top-1 accuracy, overall and per class (None for a class without validation images), on the
-        un-augmented validation set; also written to out_dir/metrics.json."""
-        n = len(self.val_y)
-        if n == 0:
-            log.warning("no validation images: set image.val_fraction > 0 or image.val_data")
-            return {"n_val": 0}
-        step = self.cfg.train.micro_batch
-        predicted = torch.cat([model(self._normalise(self.val_x[i : i + step].to(device))).argmax(1)
-                               for i in range(0, n, step)]).cpu().numpy()
-        truth = self.val_y.numpy()
-        hits = np.bincount(truth[predicted == truth], minlength=len(self.classes))
-        counts = np.bincount(truth, minlength=len(self.classes))
-        result = {"accuracy": float(hits.sum() / n), "n_val": n, "classes": self.classes,
-                  "per_class_accuracy": [float(h / c) if c else None for h, c in zip(hits, counts, strict=True)]}
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(out_dir) / "metrics.json").write_text(json.dumps(result, indent=2))
-        return result
-
-
-task_class = ImageTask
+    @classmethod
+    def make_demo_data(cls, out: str | Path, seed: int = 0, **options: Any) -> Path:
+        """out/images.npz: ten shape and texture classes (see :func:`make_demo_data`)."""
+        return make_demo_data(out, seed, **options)
 
 
 def _check_config(ic: ImageConfig) -> None:
