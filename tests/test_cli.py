@@ -162,3 +162,24 @@ def test_bench_model_reports_speedups_over_fp32(capsys):
 def test_bench_model_rejects_unknown_names(capsys):
     assert main(["bench-model", "--models", "nope"]) == 2
     assert "unknown model or mode nope" in capsys.readouterr().err
+
+
+def test_models_lists_every_task_grouped(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    groups = {}
+    for line in out.splitlines():
+        if not line.startswith(" "):
+            current = groups.setdefault(line, [])
+        else:
+            current.append(line.strip())
+    assert groups["image (image.model):"] == ["se_resnet_image"]
+    assert groups["eeg (eeg.model):"] == ["eegnet", "se_resnet1d"]
+    assert "resnetse34l" in groups["speaker (model.name):"] and "eegnet" not in groups["speaker (model.name):"]
+
+
+def test_a_model_of_another_task_is_named_as_such(tmp_path, capsys):
+    err = _user_error(["train", "model.name=eegnet", f"train.out_dir={tmp_path}/run", "data.train_list=nope.txt"],
+                      capsys)  # the model is checked before the (missing) list is read
+    assert "unknown model 'eegnet' for the speaker task (it is registered for the eeg task); available: " in err
+    assert "resnetse_demo" in err and "(set model.name)" in err

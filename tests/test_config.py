@@ -3,10 +3,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from voxfast.config import Config, load_config, load_config_dict, save_config
+from voxfast.config import (
+    Config,
+    find_config,
+    find_preset,
+    load_config,
+    load_config_dict,
+    save_config,
+    shipped_configs,
+)
 from voxfast.errors import ConfigError
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").rglob("*.yaml"))
+PACKAGE_CONFIGS = Path(__file__).resolve().parent.parent / "voxfast" / "configs"
+CONFIGS = sorted(PACKAGE_CONFIGS.rglob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -114,3 +123,33 @@ def test_saved_config_round_trips(tmp_path):
     save_config(cfg, tmp_path / "run.yaml")
     assert load_config(tmp_path / "run.yaml") == cfg
     assert load_config_dict(yaml.safe_load((tmp_path / "run.yaml").read_text())) == cfg
+
+
+def test_shipped_configs_are_package_data_found_by_name():
+    assert shipped_configs() == ["demo", "eeg_demo", "image_demo"]
+    assert shipped_configs("presets") == ["reproducible", "speed"]
+    for name in shipped_configs():
+        assert find_config(name) == PACKAGE_CONFIGS / f"{name}.yaml" == find_config(f"{name}.yaml")
+    assert find_preset("speed") == PACKAGE_CONFIGS / "presets" / "speed.yaml"
+    by_name = load_config("demo", ["train.lr=0.01"], ["reproducible"])
+    preset = PACKAGE_CONFIGS / "presets" / "reproducible.yaml"
+    by_path = load_config(PACKAGE_CONFIGS / "demo.yaml", ["train.lr=0.01"], [preset])
+    assert by_name == by_path and by_name.train.deterministic and by_name.train.lr == 0.01
+
+
+def test_a_local_file_wins_over_a_shipped_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("demo").write_text("train:\n  lr: 0.5\n")
+    assert load_config("demo").train.lr == 0.5
+
+
+@pytest.mark.parametrize("name", ["nope", "presets/speed", "../demo", ""])
+def test_unknown_config_names_list_the_shipped_ones(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="demo, eeg_demo, image_demo"):
+        find_config(name)
+
+
+def test_unknown_preset_lists_the_shipped_ones():
+    with pytest.raises(ConfigError, match=r"unknown preset 'fast': choose one of \['reproducible', 'speed'\]"):
+        load_config(None, [], ["fast"])

@@ -31,8 +31,9 @@ def train(cfg: Config, task: str = "speaker", resume: str | None = None, evaluat
     """Train a model; the run folder (train.out_dir) receives config, checkpoints and metrics.
 
     Under `torchrun --nproc_per_node N -m voxfast train ...` every process trains on its share of each global
-    batch (DDP); rank 0 alone logs, writes checkpoints and scores the trial list. Returns (summary and metrics,
-    None on other ranks; exit status): a run stopped by SIGINT/SIGTERM writes last.pt and exits 128 + signal.
+    batch (DDP); rank 0 alone logs, writes checkpoints and scores the trial list and prints the summary. A run
+    stopped by SIGINT/SIGTERM writes last.pt and exits with 128 + the signal's number (the status returned
+    beside the summary, which is None on other ranks).
     """
     from voxfast.train.distributed import init_distributed, shutdown
 

@@ -66,7 +66,7 @@ def check_model(name: str, task: str) -> None:
     _ensure_loaded()
     if _TASK_OF.get(name) == task:
         return
-    where = f" for the {task} task (it is a {_TASK_OF[name]} model)" if name in _MODELS else ""
+    where = f" for the {task} task (it is registered for the {_TASK_OF[name]} task)" if name in _MODELS else ""
     raise ConfigError(f"unknown model {name!r}{where}; available: {', '.join(available_models(task))} "
                       f"(set {TASK_MODEL_KEYS[task]})")
 

@@ -35,7 +35,7 @@ from voxfast.eval.embeddings import extract_embeddings
 from voxfast.eval.metrics import verification_metrics
 from voxfast.eval.scoring import cosine_scores, trial_indices
 from voxfast.models.heads import create_head
-from voxfast.models.registry import create_model
+from voxfast.models.registry import check_model, create_model
 from voxfast.train.checkpoint import load_checkpoint
 from voxfast.train.schedule import margin_schedule, set_margin
 from voxfast.train.task import Task
@@ -70,6 +70,7 @@ class SpeakerTask(Task):
 
     def __init__(self, cfg: Config, rank: int = 0, world: int = 1) -> None:
         self.cfg = cfg
+        check_model(cfg.model.name, "speaker")  # a typo fails before any data is read
         source, speaker_names, origin = _training_source(cfg)
         self.speakers = {name: i for i, name in enumerate(sorted(set(speaker_names)))}
         if len(self.speakers) < 2:
