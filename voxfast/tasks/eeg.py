@@ -348,7 +348,7 @@ _DEMO_ERD = np.array([
 
 
 def make_demo_data(out: str | Path, seed: int = 0, *, subjects: int = 10, trials_per_class: int = 30) -> Path:
-    """Write `out/eeg.npz`: synthetic 4-class motor-imagery trials of several subjects, for `configs/eeg_demo.yaml`.
+    """Write `out/eeg.npz`: synthetic 4-class motor-imagery trials of several subjects (the `eeg_demo` config).
 
     Each trial is 2 s at 128 Hz over 16 sensorimotor channels. Imagery desynchronises the mu (8-13 Hz) and beta
     (15-25 Hz) rhythms of its class's cortical area some 0.3-0.8 s after the cue, seen through volume conduction on
