@@ -77,7 +77,8 @@ class HeadConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10  # passes over the training list
+    epochs: int = 10  # passes over the training list (with budget_minutes: the length the schedules stretch over)
+    budget_minutes: float = 0.0  # > 0: train this many wall-clock minutes; LR, warm-up, margin ramp follow elapsed
     global_batch: int = 128  # samples per optimizer step, over all micro-batches and processes
     micro_batch: int = 128  # samples per forward pass and process; accumulation = global / (micro * processes)
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"  # no weight decay on norms and biases for any of them
@@ -432,6 +433,7 @@ def _check_values(cfg: Config) -> list[str]:
         "train.checkpoint_every": cfg.train.checkpoint_every,
         "train.keep_last": cfg.train.keep_last,
         "train.validate_every": cfg.train.validate_every,
+        "train.budget_minutes": cfg.train.budget_minutes,
         "eval.max_seconds": cfg.eval.max_seconds,
         "head.margin": cfg.head.margin,
     }

@@ -36,6 +36,7 @@ from voxfast.config import TrainConfig
 from voxfast.errors import ConfigError, VoxfastError
 from voxfast.progress import progress_bar
 from voxfast.runtime import autocast_for, configure_backends, resolve_precision, seed_everything
+from voxfast.train.budget import BudgetClock
 from voxfast.train.checkpoint import BestTracker, load_checkpoint, prune_checkpoints, save_checkpoint
 from voxfast.train.distributed import DistInfo, any_rank, rank_device
 from voxfast.train.optim import build_optimizer, step_skipping_nonfinite
@@ -80,6 +81,10 @@ class Trainer:
         self.epoch = self.step = self.batch_in_epoch = 0  # batch_in_epoch: micro-batches done in this epoch
         self.split = 1  # each micro-batch runs as `split` pieces after out-of-memory errors
         self.skipped_files = 0
+        self.train_seconds = 0.0  # wall-clock seconds spent training (validation excluded), kept across resumes
+        self._epoch_batches = 0  # micro-batches of the current epoch
+        self.clock = BudgetClock(cfg.budget_minutes * 60.0) if cfg.budget_minutes > 0 else None
+        self._mark = time.perf_counter()
         metric, mode = task.best_metric if cfg.validate_every else ("train_loss", "min")
         self.best = BestTracker(mode, metric)  # best.pt: the task's validation metric, else the training loss
         self.validation: dict[str, Any] = {}  # figures of the latest validation, saved in checkpoints
@@ -115,18 +120,23 @@ class Trainer:
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._tb = _tensorboard(self.out_dir) if self.cfg.tensorboard else None
-        log.info("training on %s x %d, precision %s, %d epochs, steps of %d samples (%d x %d x %d processes)",
-                 self.device, self.dist.world, self.precision, self.cfg.epochs, self.cfg.global_batch,
+        length = f"{self.cfg.budget_minutes:g} minutes" if self.clock else f"{self.cfg.epochs} epochs"
+        log.info("training on %s x %d, precision %s, %s, steps of %d samples (%d x %d x %d processes)",
+                 self.device, self.dist.world, self.precision, length, self.cfg.global_batch,
                  self.cfg.micro_batch, self.accum, self.dist.world)
         start, samples, wait, stop_at = time.perf_counter(), 0, 0.0, None
         if max_steps is not None:
             stop_at = self.step + max_steps
         with _stop_on_signals(self):
-            while self.epoch < self.cfg.epochs and not self._stopping(stop_at):
+            while (self.clock is not None or self.epoch < self.cfg.epochs) and not self._stopping(stop_at):
                 done, waited = self._train_epoch(stop_at)
                 samples, wait = samples + done, wait + waited
                 if self.batch_in_epoch == 0:  # the epoch ran to its end
                     self._end_epoch()
+        if self.clock is not None and self.clock.expired and not self._stop_signal:
+            self.save(self.checkpoint_dir / "last.pt")  # mid-epoch: the epoch checkpoint will not come
+            log.info("training budget of %g minutes reached after step %d (epoch %d)", self.cfg.budget_minutes,
+                     self.step, self.epoch + 1)
         if self._stop_signal:
             self.save(self.checkpoint_dir / "last.pt")
             log.warning("stopped by %s after step %d; resume with --resume %s", self._stop_signal, self.step,
@@ -136,10 +146,12 @@ class Trainer:
         return {"train_minutes": seconds / 60, "train_samples_per_s": samples * self.dist.world / seconds,
                 "data_wait_pct": 100.0 * wait / seconds, "steps": self.step, "skipped_files": self.skipped_files,
                 "nonfinite_steps": int(self._bad["total"].item()), "micro_batch": self.cfg.micro_batch // self.split,
+                "epochs_done": self.epoch + self.batch_in_epoch / max(self._epoch_batches, 1),
                 "interrupted": self._stop_signal}
 
     def _stopping(self, stop_at: int | None) -> bool:
-        return self._stop_signal is not None or (stop_at is not None and self.step >= stop_at)
+        budget_spent = self.clock is not None and self.clock.expired
+        return self._stop_signal is not None or budget_spent or (stop_at is not None and self.step >= stop_at)
 
     def _train_epoch(self, stop_at: int | None) -> tuple[int, float]:
         """One epoch from micro-batch `batch_in_epoch`; the LR follows fractional epochs (epochs differ in length)."""
@@ -147,6 +159,8 @@ class Trainer:
         skip = self.batch_in_epoch
         batches = self.task.train_batches(self.epoch, skip)
         steps = max((skip + len(batches)) // self.accum, 1)
+        self._epoch_batches = skip + len(batches)
+        self._mark = time.perf_counter()  # validation and epoch checkpoints do not count as training time
         window, epoch_samples, micro = _Window(self.device, self.epoch + skip / self.accum / steps), 0, []
         epoch_loss = _Window(self.device, 0.0)  # totals of the whole epoch, for best.pt
         started, wait_total, skipped_before = time.perf_counter(), 0.0, self.skipped_files
@@ -158,6 +172,8 @@ class Trainer:
             if len(micro) < self.accum:
                 continue
             progress = self.epoch + min(self.batch_in_epoch // self.accum + 1, steps) / steps  # epochs after step
+            if self.clock is not None:  # the schedules stretched over the budget: epochs x elapsed / budget
+                progress = self.cfg.epochs * self.clock.fraction(self.step + 1)
             window.extra = self._before_step(progress)
             result = self.train_step(micro)
             self.batch_in_epoch += len(micro)
@@ -193,6 +209,10 @@ class Trainer:
         return self.task.on_step(self.module, progress)
 
     def _after_step(self, window: _Window) -> None:
+        now = time.perf_counter()
+        self.train_seconds, self._mark = self.train_seconds + now - self._mark, now
+        if self.clock is not None and (not self.dist.enabled or self.step == 1 or self.step % self.cfg.log_every == 0):
+            self.clock.agree(self.step, self._agreed_seconds())
         if not self.dist.enabled:
             self._stop_signal = self._signal_seen
         if self._profiler is not None and self._profile and self.step >= self._profile[1]:
@@ -205,6 +225,14 @@ class Trainer:
                 self._stop_signal = self._signal_seen or "a signal on another rank"
         if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
             self.save(self.checkpoint_dir / "last.pt")
+
+    def _agreed_seconds(self) -> float:
+        """Training seconds so far, the same on every rank (the slowest rank's: a collective under DDP)."""
+        if not self.dist.enabled:
+            return self.train_seconds
+        t = torch.tensor([self.train_seconds], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t.item())
 
     def train_step(self, micro_batches: list[dict[str, Any]]) -> _StepResult:
         """One optimizer step over accumulated micro-batches, retried in smaller pieces after out-of-memory.
@@ -368,6 +396,7 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch, "split": self.split, "skipped_files": self.skipped_files,
             "nonfinite": {k: v.cpu() for k, v in self._bad.items()}, "best": self.best.state_dict(),
             "rng": rng, "world": self.dist.world, "train_config": asdict(self.cfg), "validation": self.validation,
+            "train_seconds": self.train_seconds,
             **self.extra_state,
         }
         path = Path(path)
@@ -389,6 +418,9 @@ class Trainer:
         if "best" in state:
             self.best.load_state_dict(state["best"])
         self.validation = state.get("validation", {})
+        self.train_seconds = state.get("train_seconds", 0.0)
+        if self.clock is not None:
+            self.clock.agree(self.step, self.train_seconds)
         rng = state.get("rng")
         if rng:
             if len(rng) != self.dist.world:
@@ -407,6 +439,8 @@ class Trainer:
         elapsed = max(time.perf_counter() - window.start, 1e-9)
         sps = window.samples * self.dist.world / elapsed
         eta = (self.cfg.epochs - window.progress) * elapsed / max(window.progress - window.start_progress, 1e-9)
+        if self.clock is not None:
+            eta = self.clock.remaining_s()
         lr = self.optimizer.param_groups[0]["lr"]
         record: dict[str, Any] = {"step": self.step, "epoch": self.epoch + 1, "loss": loss}
         if window.has_correct:
