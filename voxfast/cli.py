@@ -7,6 +7,7 @@ the fix and exit with status 2, without a traceback; anything else is a bug and 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import sys
@@ -19,8 +20,6 @@ from voxfast import pipeline
 from voxfast.config import load_config
 from voxfast.errors import VoxfastError
 from voxfast.tasks import TASKS
-
-log = logging.getLogger("voxfast")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "score", _cmd_score, doc=pipeline.score,
                  help="score a trial list from embeddings or a checkpoint, optionally AS-normed",
-                 epilog=_SCORE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("trials", help="trial list: `label enroll test`, `enroll test target|nontarget` or `enroll test`")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--embeddings", metavar="EMB.npz", help="embedding table holding every trial utterance")
@@ -119,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("--out", metavar="DIR", help="also write DIR/metrics.json")
     p.add_argument("--det", metavar="DET.png", help="also plot the DET curve (needs `pip install 'voxfast[plot]'`)")
+    p.add_argument("--set", action="append", default=[], metavar="eval.KEY=VALUE",
+                   help="with --checkpoint: override its config, e.g. eval.cohort=2000 eval.mode=crops")
 
     p = _command(sub, "bench-eval", _cmd_bench_eval,
                  help="time EER/minDCF, cosine scoring and AS-norm at VoxCeleb scale")
@@ -172,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the task to time (image / eeg need their demo config or data)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
+    p = _command(sub, "bench-recipe", _cmd_bench_recipe, help="recipes at the same training budget, beside the floor")
+    p.add_argument("configs", nargs="+", help="configs to compare (YAML files or shipped names)")
+    p.add_argument("--budget", type=float, default=10.0, help="training minutes per config (default 10)")
+    p.add_argument("--out", default="runs/bench-recipe", help="folder of the runs (default: runs/bench-recipe)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="overrides for every config")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
     p = _command(sub, "tune", _cmd_tune, help="find the micro-batch and loader workers for this machine")
     _add_config_args(p, default="demo")
     p.add_argument("--out", required=True, metavar="TUNED.yaml", help="config to write, with the two choices")
@@ -186,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _command(sub: Any, name: str, func: Any, help: str, doc: Any = None, **kwargs: Any) -> argparse.ArgumentParser:
     """A sub-command that runs `func`, described by the docstring of `doc` (the pipeline function), else func's."""
-    p = sub.add_parser(name, help=help, description=(doc or func).__doc__, **kwargs)
+    p = sub.add_parser(name, help=help, description=inspect.cleandoc((doc or func).__doc__ or ""), **kwargs)
     p.set_defaults(func=func)
     return p
 
@@ -217,20 +225,6 @@ def _step_range(text: str) -> tuple[int, int]:
     if not sep or not 1 <= start <= end:
         raise argparse.ArgumentTypeError(f"expected N:M with 1 <= N <= M (optimizer steps), got {text!r}")
     return start, end
-
-
-_SCORE_EXAMPLES = """\
-Embeddings come from a table (--embeddings, one .npz keyed by utterance id) or are extracted with a
-checkpoint's model (--checkpoint). With --cohort, scores are adaptive-symmetric normalised (AS-norm) by
-each utterance's top-N cohort scores; a top-N above the cohort size uses the whole cohort (S-norm).
-
-examples:
-  voxfast score trials.txt --embeddings test.npz --out scores.txt
-  voxfast score trials.txt --embeddings test.npz --cohort train.npz --mean cohort --top-n 300
-  voxfast score trials.txt --embeddings test.npz --cohort train.npz --cohort-list train_list.txt \\
-      --speaker-means --mean train.npz
-  voxfast score trials.txt --checkpoint runs/x/checkpoints/best.pt --device cpu
-"""
 
 
 def _print_files(files: Sequence[tuple[str, str]], what: str) -> None:
@@ -303,7 +297,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    metrics = pipeline.evaluate(args.trials, args.scores, args.checkpoint, args.root, args.device, args.out, args.det)
+    metrics = pipeline.evaluate(args.trials, args.scores, args.checkpoint, args.root, args.device, args.out, args.det,
+                                args.set)
     print(json.dumps(metrics, indent=2) if args.json else pipeline.format_evaluation(metrics, args.trials))
     return 0
 
@@ -392,4 +387,12 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides, args.preset)
     result = tune_to_file(cfg, args.out, args.max_micro, args.workers, args.batches)
     print(format_tune(result, args.out))
+    return 0
+
+
+def _cmd_bench_recipe(args: argparse.Namespace) -> int:
+    from voxfast.bench import recipe
+
+    rows = recipe.run_recipe_bench(args.configs, args.set, args.budget, args.out)
+    print(recipe.format_recipe_results(rows, args.budget, args.json))
     return 0

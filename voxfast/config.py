@@ -65,7 +65,9 @@ class ModelConfig:
 
 @dataclass
 class HeadConfig:
-    name: Literal["softmax", "am", "aam", "sub_center_aam"] = "aam"  # classification head, used only in training
+    # training head: a classifier over the training speakers (softmax, am, aam, sub_center_aam) or a metric-learning
+    # loss over the batch's speakers (proto, angleproto, softmaxproto, ge2e: need data.n_per_speaker >= 2)
+    name: Literal["softmax", "am", "aam", "sub_center_aam", "proto", "angleproto", "softmaxproto", "ge2e"] = "aam"
     margin: float = 0.2  # additive (am) or angular (aam, sub_center_aam) margin once fully ramped up
     scale: float = 30.0  # logit scale s
     margin_ramp: tuple[float, float] = (0.0, 0.0)  # epochs [start, end]: margin 0 before start, full after end
@@ -116,6 +118,13 @@ class EvalConfig:
     root: str | None = None  # folder the trial paths are relative to (default: the trial list's folder)
     max_seconds: float = 0.0  # cap on the audio embedded per utterance (0 = whole utterance)
     batch_seconds: float = 120.0  # audio seconds per embedding batch (utterances of similar length)
+    mode: Literal["full", "crops"] = "full"  # whole utterances, or `crops` evenly spaced crops (voxceleb_trainer)
+    crops: int = 10  # crops mode: crops per utterance
+    crop_seconds: float = 4.0  # crops mode: crop length (shorter utterances are wrap-padded)
+    crop_score: Literal["mean_embedding", "mean_pairwise"] = "mean_embedding"  # crops: cosine of the mean crop
+    # vector, or the mean cosine over all crop pairs (voxceleb_trainer's test mode)
+    cohort: int = 0  # > 0: AS-norm against this many training-list utterances drawn with train.seed
+    top_n: int = 300  # AS-norm: top cohort scores per utterance
 
 
 @dataclass
@@ -190,6 +199,15 @@ def _validated(raw: dict[str, Any], source: str, errors: list[str]) -> Config:
         lines = "\n".join(f"  - {e}" for e in errors)
         raise ConfigError(f"invalid config ({source}), {len(errors)} problems:\n{lines}")
     return cfg
+
+
+def with_overrides(cfg: Config, overrides: typing.Sequence[str], source: str = "checkpoint") -> Config:
+    """`cfg` with ``section.key=value`` overrides applied and validated (e.g. a checkpoint's config evaluated
+    under another protocol)."""
+    raw, errors = config_to_dict(cfg), []
+    for item in overrides:
+        _apply_override(raw, item, errors)
+    return _validated(raw, source, errors)
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
@@ -419,6 +437,9 @@ def _check_values(cfg: Config) -> list[str]:
         "train.step_gamma": cfg.train.step_gamma,
         "head.scale": cfg.head.scale,
         "eval.batch_seconds": cfg.eval.batch_seconds,
+        "eval.crops": cfg.eval.crops,
+        "eval.crop_seconds": cfg.eval.crop_seconds,
+        "eval.top_n": cfg.eval.top_n,
     }
     errors += [f"{k}: must be > 0, got {v}" for k, v in positive.items() if v <= 0]
     non_negative = {
@@ -435,6 +456,7 @@ def _check_values(cfg: Config) -> list[str]:
         "train.validate_every": cfg.train.validate_every,
         "train.budget_minutes": cfg.train.budget_minutes,
         "eval.max_seconds": cfg.eval.max_seconds,
+        "eval.cohort": cfg.eval.cohort,
         "head.margin": cfg.head.margin,
     }
     errors += [f"{k}: must be >= 0, got {v}" for k, v in non_negative.items() if v < 0]

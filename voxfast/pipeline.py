@@ -11,13 +11,14 @@ import json
 import logging
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from voxfast.config import Config, load_config, save_config
+from voxfast.config import Config, load_config
 from voxfast.errors import VoxfastError
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ def train(cfg: Config, task: str = "speaker", resume: str | None = None, evaluat
     stopped by SIGINT/SIGTERM writes last.pt and exits with 128 + the signal's number (the status returned
     beside the summary, which is None on other ranks).
     """
+    from voxfast.tasks.run import train_and_score
     from voxfast.train.distributed import init_distributed, shutdown
 
     info = init_distributed(cfg.train.device)
@@ -49,36 +51,6 @@ def train(cfg: Config, task: str = "speaker", resume: str | None = None, evaluat
     return ({**summary, **metrics} if info.is_main else None), status
 
 
-def train_and_score(cfg: Config, out: Path, resume: str | None = None, evaluate: bool = True,
-                    profile: tuple[int, int] | None = None, task_name: str = "speaker") -> tuple[dict, dict]:
-    """Build the task and trainer, resume (`auto`: the run's last.pt if any), fit, then validate on rank 0.
-
-    The EER threshold of the final evaluation is stored in last.pt, for `voxfast.load(...).verify`.
-    """
-    from voxfast.tasks import build_task
-    from voxfast.train.checkpoint import record_validation
-    from voxfast.train.distributed import env_info
-    from voxfast.train.trainer import Trainer
-
-    info = env_info()
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-    task = build_task(task_name, cfg, info.rank, info.world)
-    trainer = Trainer(task, cfg.train, out, info, profile)
-    if resume == "auto":
-        last = trainer.checkpoint_dir / "last.pt"
-        resume = str(last) if last.is_file() else None
-        log.info("--resume auto: %s", resume or "no checkpoint yet, starting afresh")
-    if resume:
-        trainer.load(resume)
-    summary = trainer.fit()
-    metrics = trainer.evaluate() if evaluate and info.is_main and not summary["interrupted"] else {}
-    if metrics.get("eer_threshold") is not None:
-        record_validation(trainer.checkpoint_dir / "last.pt", metrics)
-    return summary, metrics
-
-
 def run_demo(config: str, data: str | Path, out: str | Path | None, overrides: list[str], presets: list[str]
              ) -> dict[str, Any]:
     """Generate the synthetic corpus if missing, train the demo model, score held-out speakers.
@@ -86,6 +58,7 @@ def run_demo(config: str, data: str | Path, out: str | Path | None, overrides: l
     Returns the training summary, the metrics and the total minutes; also written to OUT/metrics.json.
     """
     from voxfast.data.synthetic import make_corpus
+    from voxfast.tasks.run import train_and_score
 
     started = time.perf_counter()
     data = Path(data)
@@ -220,7 +193,19 @@ class Normalisation:
 def score(trials_path: str, out: str, embeddings: str | None = None, checkpoint: str | None = None,
           root: str | None = None, device: str = "auto", norm: Normalisation | None = None
           ) -> tuple[int, dict[str, Any] | None]:
-    """Score a trial list from an embedding table or a checkpoint; returns (trials scored, metrics if labelled)."""
+    """Cosine-score a trial list, optionally with mean subtraction and AS-norm; print EER/minDCF if labelled.
+
+    Embeddings come from a table (--embeddings, one .npz keyed by utterance id) or are extracted with a
+    checkpoint's model (--checkpoint). With --cohort, scores are adaptive-symmetric normalised (AS-norm) by
+    each utterance's top-N cohort scores; a top-N above the cohort size uses the whole cohort (S-norm).
+
+    examples:
+      voxfast score trials.txt --embeddings test.npz --out scores.txt
+      voxfast score trials.txt --embeddings test.npz --cohort train.npz --mean cohort --top-n 300
+      voxfast score trials.txt --embeddings test.npz --cohort train.npz --cohort-list train_list.txt \\
+          --speaker-means --mean train.npz
+      voxfast score trials.txt --checkpoint runs/x/checkpoints/best.pt --device cpu
+    """
     from voxfast.data.manifest import read_trials, write_scores
     from voxfast.eval.embeddings import load_embeddings
     from voxfast.eval.metrics import verification_metrics
@@ -254,8 +239,8 @@ def _checkpoint_table(checkpoint: str | None, trials: list[Any], trials_path: st
 
 
 def evaluate(trials_path: str, scores_path: str | None = None, checkpoint: str | None = None,
-             root: str | None = None, device: str = "auto", out: str | None = None, det: str | None = None
-             ) -> dict[str, Any]:
+             root: str | None = None, device: str = "auto", out: str | None = None, det: str | None = None,
+             overrides: Sequence[str] = ()) -> dict[str, Any]:
     """EER, minDCF, the threshold at EER and the counts of a score file, or of a checkpoint's cosine scores.
 
     Every trial needs exactly one score (in any order). With --checkpoint the scores are written to OUT/scores.txt
@@ -272,7 +257,7 @@ def evaluate(trials_path: str, scores_path: str | None = None, checkpoint: str |
         pairs, scores = read_scores(scores_path)
         labels = labels_in_score_order(scores_path, pairs, trials_path, trials)
     else:
-        scores = _checkpoint_scores(checkpoint, trials, trials_path, root, device)
+        scores = _checkpoint_scores(checkpoint, trials, trials_path, root, device, overrides)
         labels = np.array([t.label for t in trials], dtype=bool) if trials[0].label is not None else None
         if out:
             Path(out).mkdir(parents=True, exist_ok=True)
@@ -289,13 +274,16 @@ def evaluate(trials_path: str, scores_path: str | None = None, checkpoint: str |
     return metrics
 
 
-def _checkpoint_scores(checkpoint: str | None, trials: list[Any], trials_path: str, root: str | None, device: str
-                       ) -> np.ndarray:
+def _checkpoint_scores(checkpoint: str | None, trials: list[Any], trials_path: str, root: str | None, device: str,
+                       overrides: Sequence[str] = ()) -> np.ndarray:
+    """Scores as the checkpoint's validation computes them, under its eval settings with `overrides` laid over."""
+    from voxfast.config import with_overrides
     from voxfast.runtime import resolve_device
     from voxfast.tasks.speaker import load_embedder, trial_scores
 
     dev = resolve_device(device)
     embedder, cfg = load_embedder(str(checkpoint), dev)
+    cfg = with_overrides(cfg, overrides, f"{checkpoint} with --set")
     return trial_scores(embedder, cfg, trials, Path(root) if root else Path(trials_path).parent, dev)
 
 

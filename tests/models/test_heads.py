@@ -196,7 +196,8 @@ def test_create_head_builds_sub_center_aam_with_options():
 
 
 def test_unknown_head_error_lists_every_name():
-    assert available_heads() == ["softmax", "am", "aam", "sub_center_aam"]
+    assert available_heads() == ["softmax", "am", "aam", "sub_center_aam", "proto", "angleproto", "softmaxproto",
+                                 "ge2e"]
     with pytest.raises(VoxfastError) as info:
         create_head("subcenter", 8, 4)
     message = str(info.value)

@@ -101,3 +101,52 @@ def test_margin_ramp_is_driven_by_the_trainer_and_logged(corpus, tmp_path):
     assert margins[0] == 0.0 and margins[-1] == pytest.approx(0.3)  # 0 before epoch 0.5, full after 1.5
     assert margins == sorted(margins) and any(0 < m < 0.3 for m in margins)
     assert trainer.model.head.margin == pytest.approx(0.3)
+
+
+def _embedder_and_trials(corpus, tmp_path, *extra):
+    from voxfast.data.manifest import read_trials
+
+    cfg = _cfg(corpus, tmp_path, *extra)
+    torch.manual_seed(0)
+    embedder = SpeakerTask(cfg).build_model().embedder.eval()
+    return embedder, cfg, read_trials(cfg.eval.trials)
+
+
+def test_crop_protocols_score_as_their_definitions(corpus, tmp_path):
+    """mean_pairwise: the mean cosine over all crop pairs; mean_embedding: the cosine of the mean unit crop vector."""
+    from voxfast.audio.io import read_audio
+    from voxfast.eval.embeddings import evenly_spaced_crops
+    from voxfast.tasks.speaker import trial_scores
+
+    extra = ("eval.mode=crops", "eval.crops=3", "eval.crop_seconds=0.5")
+    embedder, cfg, trials = _embedder_and_trials(corpus, tmp_path, *extra, "eval.crop_score=mean_pairwise")
+    pairwise = trial_scores(embedder, cfg, trials, corpus, torch.device("cpu"))
+    _, cfg_mean, _ = _embedder_and_trials(corpus, tmp_path, *extra, "eval.crop_score=mean_embedding")
+    mean = trial_scores(embedder, cfg_mean, trials, corpus, torch.device("cpu"))
+
+    def crop_vectors(name):  # evenly spaced 0.5 s crops, each embedded alone, as float64 unit vectors
+        crops = evenly_spaced_crops(read_audio(str(corpus / name)), 3, 8000)
+        with torch.inference_mode():
+            v = embedder(torch.from_numpy(crops.astype(np.float32))).double().numpy()
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    for t, p, m in list(zip(trials, pairwise, mean, strict=True))[:6]:
+        a, b = crop_vectors(t.enroll), crop_vectors(t.test)
+        assert p == pytest.approx((a @ b.T).mean(), abs=2e-4)
+        ma, mb = a.mean(0), b.mean(0)
+        assert m == pytest.approx(ma @ mb / np.linalg.norm(ma) / np.linalg.norm(mb), abs=2e-4)
+
+
+def test_as_norm_with_a_cohort_drawn_from_the_training_list(corpus, tmp_path):
+    from voxfast.eval.scoring import as_norm_scores, trial_indices
+    from voxfast.tasks.speaker import _cohort_embeddings, embed_trials, trial_scores
+
+    embedder, cfg, trials = _embedder_and_trials(corpus, tmp_path, "eval.cohort=6", "eval.top_n=3")
+    scores = trial_scores(embedder, cfg, trials, corpus, torch.device("cpu"))
+    cohort = _cohort_embeddings(embedder, cfg, torch.device("cpu"))
+    assert cohort.shape[0] == 6
+    names, emb = embed_trials(embedder, cfg, trials, corpus, torch.device("cpu"))
+    enroll, test = trial_indices(trials, {n: i for i, n in enumerate(names)})
+    np.testing.assert_allclose(scores, as_norm_scores(emb, enroll, test, cohort, 3), rtol=1e-6)
+    plain = trial_scores(embedder, _cfg(corpus, tmp_path), trials, corpus, torch.device("cpu"))
+    assert not np.allclose(scores, plain)

@@ -59,6 +59,7 @@ class Batching:
     tolerance: float = 0.01  # full: longest / shortest length of a bucket is at most 1 + tolerance
     crops: int = 10  # crops: crops per utterance
     crop_samples: int = 4 * 16000  # crops: samples per crop
+    pairwise: bool = False  # crops: keep the mean of the unit crop vectors unnormalised (dot = mean pairwise cosine)
 
     def __post_init__(self) -> None:
         if self.mode not in ("full", "crops"):
@@ -249,7 +250,8 @@ def embed_batches(
                 if good:
                     emb = F.normalize(model(batch["wave"].to(device, non_blocking=True)).float(), dim=1)
                     if crops > 1:
-                        emb = F.normalize(emb.view(len(good), crops, -1).mean(dim=1), dim=1)
+                        emb = emb.view(len(good), crops, -1).mean(dim=1)
+                        emb = emb if batching.pairwise else F.normalize(emb, dim=1)
                     yield good, emb.cpu().numpy()
     finally:
         bar.close()
@@ -276,12 +278,14 @@ def extract_embeddings(
     batch_seconds: float = 120.0,
     tolerance: float = 0.01,
     precision: str = "fp32",
+    batching: Batching | None = None,
 ) -> np.ndarray:
     """(N, D) float32 L2-normalised whole-utterance embeddings, row i for paths[i]; an unreadable file raises.
 
     Utterances are batched by length (see the module docstring); `tolerance=0` reproduces one-at-a-time exactly.
+    A `batching` given replaces the full-utterance one built from the sizes (e.g. evenly spaced crops).
     """
-    batching = Batching("full", int(batch_seconds * sample_rate), max_samples, tolerance)
+    batching = batching or Batching("full", int(batch_seconds * sample_rate), max_samples, tolerance)
     out: np.ndarray | None = None
     for indices, emb in embed_batches(model, paths, device, batching, sample_rate, num_workers, precision,
                                       progress=progress):

@@ -14,7 +14,8 @@ from torch import nn
 
 from voxfast.errors import VoxfastError
 
-HEAD_NAMES: tuple[str, ...] = ("softmax", "am", "aam", "sub_center_aam")
+HEAD_NAMES: tuple[str, ...] = ("softmax", "am", "aam", "sub_center_aam", "proto", "angleproto", "softmaxproto", "ge2e")
+METRIC_HEADS = ("proto", "angleproto", "softmaxproto", "ge2e")  # losses over the batch's own speakers
 
 
 def available_heads() -> list[str]:
@@ -45,7 +46,16 @@ def _additive_angular(target: torch.Tensor, m: float) -> torch.Tensor:
     return torch.where(target > math.cos(math.pi - m), phi, target - math.sin(math.pi - m) * m)
 
 
-class SoftmaxHead(nn.Module):
+class TrainingHead(nn.Module):
+    """A training head: (embeddings (B, D), speaker labels (B,)) -> (loss, logits); `target` says what the logits'
+    argmax should be (the labels for classifiers over all speakers; positions within the batch for losses that
+    compare the batch's speakers with each other), so accuracy is logged the same way for every head."""
+
+    def target(self, labels: torch.Tensor) -> torch.Tensor:
+        return labels
+
+
+class SoftmaxHead(TrainingHead):
     """Plain linear classifier with cross-entropy."""
 
     def __init__(self, embed_dim: int, n_classes: int) -> None:
@@ -58,7 +68,7 @@ class SoftmaxHead(nn.Module):
         return F.cross_entropy(logits, labels), logits
 
 
-class MarginHead(nn.Module):
+class MarginHead(TrainingHead):
     """Cosine classifier with an additive (AM-softmax) or angular (AAM / ArcFace) margin on the target.
 
     The margin is an attribute so that a schedule can raise it during training.
@@ -81,7 +91,7 @@ class MarginHead(nn.Module):
         return F.cross_entropy(logits, labels), logits
 
 
-class SubCenterAAMHead(nn.Module):
+class SubCenterAAMHead(TrainingHead):
     """AAM (ArcFace) head with K sub-centers per class and the inter-top-k penalty, as in WeSpeaker.
 
     Sub-centers: each class owns K vectors and an embedding is scored against the closest one, so a
@@ -150,6 +160,112 @@ class SubCenterAAMHead(nn.Module):
         )
 
 
+# ------------------------------------------------------------------------- metric learning (Chung et al., 2020)
+
+
+def _fp32_cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosines of every row of a (P, D) with every row of b (Q, D) -> (P, Q), in float32 with autocast off."""
+    with torch.autocast(device_type=a.device.type, enabled=False):
+        return F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T
+
+
+class _GroupedHead(TrainingHead):
+    """Losses over the batch's own speakers ("In defence of metric learning", Chung et al., Interspeech 2020).
+
+    The sampler lays `n_per_speaker` crops of a speaker side by side, so the batch is (N speakers, M crops, D).
+    Nothing is learnt per training speaker (softmaxproto aside), so these heads do not grow with the speaker
+    count, and each step contrasts every speaker of the batch with every other.
+    """
+
+    def __init__(self, n_per_speaker: int) -> None:
+        super().__init__()
+        if n_per_speaker < 2:
+            raise VoxfastError(f"metric-learning heads ({', '.join(METRIC_HEADS)}) compare crops of one speaker: "
+                               f"set data.n_per_speaker >= 2 (got {n_per_speaker})")
+        self.m = n_per_speaker
+
+    def group(self, emb: torch.Tensor) -> torch.Tensor:
+        # (N * M, D) -> (N, M, D): crops of a speaker are consecutive
+        if emb.shape[0] % self.m:
+            raise VoxfastError(f"a batch of {emb.shape[0]} crops is not whole groups of data.n_per_speaker = "
+                               f"{self.m}; make train.micro_batch a multiple of it")
+        return emb.float().view(-1, self.m, emb.shape[1])
+
+    def target(self, labels: torch.Tensor) -> torch.Tensor:
+        return torch.arange(len(labels) // self.m, device=labels.device)  # query i belongs to speaker i
+
+
+class ProtoHead(_GroupedHead):
+    """Prototypical: the first crop of each speaker is the query, the mean of the others its prototype; logits are
+    minus squared Euclidean distances from each query to every prototype of the batch."""
+
+    def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.group(emb)  # (N, M, D)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            logits = -torch.cdist(x[:, 0], x[:, 1:].mean(1)).square()  # (N queries, N prototypes)
+        return F.cross_entropy(logits, self.target(labels)), logits
+
+
+class AngleProtoHead(_GroupedHead):
+    """Angular prototypical: cosines between queries and prototypes, scaled and shifted by a learnt w > 0 and b
+    (initialised at 10 and -5, as in the paper), with cross-entropy over the batch's speakers."""
+
+    def __init__(self, n_per_speaker: int, init_w: float = 10.0, init_b: float = -5.0) -> None:
+        super().__init__(n_per_speaker)
+        self.w = nn.Parameter(torch.tensor(init_w))
+        self.b = nn.Parameter(torch.tensor(init_b))
+
+    def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.group(emb)
+        cos = _fp32_cosine_matrix(x[:, 0], x[:, 1:].mean(1))  # (N, N)
+        logits = cos * self.w.float().clamp(min=1e-6) + self.b.float()
+        return F.cross_entropy(logits, self.target(labels)), logits
+
+
+class SoftmaxProtoHead(TrainingHead):
+    """Softmax over the training speakers plus angular prototypical over the batch's (the paper's best recipe):
+    the classifier gives every step a global view of all speakers, the prototypical term a metric one."""
+
+    def __init__(self, embed_dim: int, n_classes: int, n_per_speaker: int) -> None:
+        super().__init__()
+        self.softmax = SoftmaxHead(embed_dim, n_classes)
+        self.proto = AngleProtoHead(n_per_speaker)
+
+    def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, logits = self.softmax(emb, labels)  # logits over all speakers: accuracy as for softmax
+        return loss + self.proto(emb, labels)[0], logits
+
+
+class GE2EHead(_GroupedHead):
+    """Generalised end-to-end loss (Wan et al., 2018): every crop against every speaker's centroid, its own
+    speaker's centroid computed without it; S = w cos + b (w > 0, b learnt), cross-entropy over the speakers.
+
+    The paper's formula: voxceleb_trainer's GE2E also clamps cosines below 1e-6 up to 1e-6, which this does not.
+    """
+
+    def __init__(self, n_per_speaker: int, init_w: float = 10.0, init_b: float = -5.0) -> None:
+        super().__init__(n_per_speaker)
+        self.w = nn.Parameter(torch.tensor(init_w))
+        self.b = nn.Parameter(torch.tensor(init_b))
+
+    def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.group(emb)  # (N, M, D)
+        n, m, _ = x.shape
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            centroids = x.mean(1)  # (N, D)
+            own = (x.sum(1, keepdim=True) - x) / (m - 1)  # (N, M, D): each crop's centroid without it
+            cos = _fp32_cosine_matrix(x.reshape(n * m, -1), centroids).view(n, m, n)
+            own_cos = F.cosine_similarity(x, own, dim=-1)  # (N, M)
+            speaker = torch.arange(n, device=x.device)
+            cos = cos.clone()
+            cos[speaker, :, speaker] = own_cos
+            logits = (cos * self.w.float().clamp(min=1e-6) + self.b.float()).view(n * m, n)
+        return F.cross_entropy(logits, self.target(labels)), logits
+
+    def target(self, labels: torch.Tensor) -> torch.Tensor:
+        return torch.arange(len(labels) // self.m, device=labels.device).repeat_interleave(self.m)
+
+
 def create_head(
     name: str,
     embed_dim: int,
@@ -160,8 +276,10 @@ def create_head(
     sub_centers: int = 3,
     top_k: int = 5,
     top_k_margin: float = 0.06,
+    n_per_speaker: int = 2,
 ) -> nn.Module:
-    """Build the training head named by the config; the sub-center options are used by "sub_center_aam" only.
+    """Build the training head named by the config; the sub-center options are used by "sub_center_aam" only,
+    `n_per_speaker` (crops of a speaker side by side in a batch) by the metric-learning heads.
 
     Unknown names raise :class:`VoxfastError` listing every name, so a config typo is fixed in one go.
     """
@@ -171,4 +289,9 @@ def create_head(
         return MarginHead(embed_dim, n_classes, margin, scale, angular=name == "aam")
     if name == "sub_center_aam":
         return SubCenterAAMHead(embed_dim, n_classes, margin, scale, sub_centers, top_k, top_k_margin)
+    metric = {"proto": ProtoHead, "angleproto": AngleProtoHead, "ge2e": GE2EHead}
+    if name in metric:
+        return metric[name](n_per_speaker)
+    if name == "softmaxproto":
+        return SoftmaxProtoHead(embed_dim, n_classes, n_per_speaker)
     raise VoxfastError(f"unknown head {name!r}; available: {', '.join(HEAD_NAMES)} (set head.name)")

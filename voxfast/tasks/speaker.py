@@ -6,7 +6,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -31,9 +31,9 @@ from voxfast.data.speaker import (
 )
 from voxfast.data.synthetic import CorpusSpec, make_corpus
 from voxfast.errors import VoxfastError
-from voxfast.eval.embeddings import extract_embeddings
+from voxfast.eval.embeddings import Batching, extract_embeddings
 from voxfast.eval.metrics import verification_metrics
-from voxfast.eval.scoring import cosine_scores, trial_indices
+from voxfast.eval.scoring import as_norm_scores, cosine_scores, trial_indices
 from voxfast.models.heads import create_head
 from voxfast.models.registry import check_model, create_model
 from voxfast.train.checkpoint import load_checkpoint
@@ -51,9 +51,16 @@ class SpeakerTrainModel(nn.Module):
         self.embedder = embedder
         self.head = head
 
-    def forward(self, wave: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # (B, T), (B,) -> loss (), logits (B, n_speakers)
-        return self.head(self.embedder(wave), label)
+    def forward(self, wave: torch.Tensor, label: torch.Tensor) -> HeadOutput:
+        # (B, T), (B,) -> loss (), logits (B, classes the head tells apart), their targets
+        loss, logits = self.head(self.embedder(wave), label)
+        return HeadOutput(loss, logits, self.head.target(label))
+
+
+class HeadOutput(NamedTuple):
+    loss: torch.Tensor
+    logits: torch.Tensor
+    target: torch.Tensor  # what each row's argmax should be: speaker labels, or positions in the batch
 
 
 def build_embedder(cfg: Config) -> nn.Module:
@@ -113,7 +120,8 @@ class SpeakerTask(Task):
         embedder = build_embedder(self.cfg)
         h = self.cfg.head
         head = create_head(h.name, embedder.embed_dim, self.dataset.n_classes, h.margin, h.scale,
-                           sub_centers=h.sub_centers, top_k=h.top_k, top_k_margin=h.top_k_margin)
+                           sub_centers=h.sub_centers, top_k=h.top_k, top_k_margin=h.top_k_margin,
+                           n_per_speaker=self.cfg.data.n_per_speaker)
         return SpeakerTrainModel(embedder, head)
 
     def on_step(self, model: nn.Module, progress: float) -> dict[str, float]:
@@ -137,9 +145,9 @@ class SpeakerTask(Task):
         label = torch.from_numpy(batch["label"]).to(device, non_blocking=True)
         if "aug" in batch:
             wave = self._augment_on_device(wave, batch["aug"], device)
-        loss, logits = model(wave, label)
-        correct = (logits.detach().argmax(1) == label).sum()
-        return {"loss": loss, "output": logits, "n": len(label), "correct": correct}
+        out = model(wave, label)
+        correct = (out.logits.detach().argmax(1) == out.target).sum() * len(label) / len(out.target)
+        return {"loss": out.loss, "output": out.logits, "n": len(label), "correct": correct}
 
     def _augment_on_device(self, wave: torch.Tensor, plans: dict[str, np.ndarray], device: torch.device
                            ) -> torch.Tensor:
@@ -215,20 +223,36 @@ def score_trials(embedder: nn.Module, cfg: Config, device: torch.device, out_dir
 
 def trial_scores(embedder: nn.Module, cfg: Config, trials: Sequence[Trial], root: Path, device: torch.device
                  ) -> np.ndarray:
-    """Cosine scores of `trials` (ids relative to `root`) with full-utterance embeddings, as validation scores."""
+    """Scores of `trials` (ids relative to `root`) under the config's evaluation protocol (`eval.mode`,
+    `eval.crop_score`), AS-normed against training utterances when `eval.cohort` > 0; as validation scores."""
     names, emb = embed_trials(embedder, cfg, trials, root, device)
-    return cosine_scores(emb, *trial_indices(trials, {name: i for i, name in enumerate(names)}))
+    enroll, test = trial_indices(trials, {name: i for i, name in enumerate(names)})
+    if cfg.eval.cohort <= 0:
+        return cosine_scores(emb, enroll, test)
+    return as_norm_scores(emb, enroll, test, _cohort_embeddings(embedder, cfg, device), cfg.eval.top_n)
 
 
 def embed_trials(embedder: nn.Module, cfg: Config, trials: Sequence[Trial], root: Path, device: torch.device
                  ) -> tuple[list[str], np.ndarray]:
-    """Sorted distinct utterance ids of `trials` and their L2-normalised full-utterance embeddings (rows)."""
+    """Sorted distinct utterance ids of `trials` and their embeddings (rows) under the evaluation protocol."""
     names = sorted({u for t in trials for u in (t.enroll, t.test)})
-    max_samples = int(cfg.eval.max_seconds * cfg.data.sample_rate)
-    emb = extract_embeddings(embedder, [str(root / n) for n in names], device, cfg.data.sample_rate, max_samples,
-                             num_workers=min(cfg.data.num_workers, 2), progress=True,
-                             batch_seconds=cfg.eval.batch_seconds)
-    return names, emb
+    return names, _embed(embedder, cfg, [str(root / n) for n in names], device)
+
+
+def _embed(embedder: nn.Module, cfg: Config, paths: Sequence[str], device: torch.device) -> np.ndarray:
+    rate, e = cfg.data.sample_rate, cfg.eval
+    batching = Batching(e.mode, int(e.batch_seconds * rate), int(e.max_seconds * rate), crops=e.crops,
+                        crop_samples=int(e.crop_seconds * rate), pairwise=e.crop_score == "mean_pairwise")
+    return extract_embeddings(embedder, paths, device, rate, num_workers=min(cfg.data.num_workers, 2),
+                              progress=True, batching=batching)
+
+
+def _cohort_embeddings(embedder: nn.Module, cfg: Config, device: torch.device) -> np.ndarray:
+    """eval.cohort utterances of the training list (drawn with train.seed), embedded as the trials are."""
+    utts = read_utterances(cfg.data.train_list, cfg.data.train_root)
+    rng = np.random.default_rng([cfg.train.seed % 2**32, 17])
+    chosen = np.sort(rng.choice(len(utts), size=min(cfg.eval.cohort, len(utts)), replace=False))
+    return _embed(embedder, cfg, [utts[i].path for i in chosen], device)
 
 
 def load_embedder(path: str | Path, device: torch.device) -> tuple[nn.Module, Config]:
