@@ -12,6 +12,7 @@ makes the decision that evaluation measured.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from voxfast.runtime import resolve_device
 from voxfast.train.checkpoint import load_checkpoint
 
 Audio = str | Path | np.ndarray | torch.Tensor
+
+log = logging.getLogger(__name__)
 
 
 class SpeakerModel:
@@ -80,5 +83,10 @@ def load(checkpoint: str | Path, device: str = "auto") -> SpeakerModel:
     dev = resolve_device(device)
     state = load_checkpoint(checkpoint, "cpu")
     embedder, cfg = embedder_from_state(state, checkpoint, dev)
-    threshold = (state.get("validation") or {}).get("eer_threshold")
+    validation = state.get("validation") or {}
+    threshold = validation.get("eer_threshold")
+    if validation.get("protocol", "full") != "full":  # scores on another scale than score()'s plain cosine
+        log.warning("%s: its stored threshold was measured with the %s protocol, not the full-utterance cosine that "
+                    "verify() computes; pass verify(..., threshold=...)", checkpoint, validation["protocol"])
+        threshold = None
     return SpeakerModel(embedder, cfg.data.sample_rate, dev, None if threshold is None else float(threshold))

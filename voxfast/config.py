@@ -70,7 +70,9 @@ class HeadConfig:
     name: Literal["softmax", "am", "aam", "sub_center_aam", "proto", "angleproto", "softmaxproto", "ge2e"] = "aam"
     margin: float = 0.2  # additive (am) or angular (aam, sub_center_aam) margin once fully ramped up
     scale: float = 30.0  # logit scale s
-    margin_ramp: tuple[float, float] = (0.0, 0.0)  # epochs [start, end]: margin 0 before start, full after end
+    # epochs [start, end]: margin 0 before start, full after end; null: WeSpeaker's ramp (epochs 20-40 of 150) as
+    # fractions of train.epochs (a full margin from the first step stalls AAM on real speech); [0, 0]: no ramp
+    margin_ramp: tuple[float, float] | None = None
     margin_increase: Literal["exp", "linear"] = "exp"  # shape of the ramp (WeSpeaker's MarginScheduler)
     sub_centers: int = 3  # sub_center_aam: centres per speaker
     top_k: int = 5  # sub_center_aam: hardest non-target classes given an extra penalty (inter-top-k)
@@ -122,7 +124,7 @@ class EvalConfig:
     crops: int = 10  # crops mode: crops per utterance
     crop_seconds: float = 4.0  # crops mode: crop length (shorter utterances are wrap-padded)
     crop_score: Literal["mean_embedding", "mean_pairwise"] = "mean_embedding"  # crops: cosine of the mean crop
-    # vector, or the mean cosine over all crop pairs (voxceleb_trainer's test mode)
+    # vector, or the mean cosine over all crop pairs (voxceleb_trainer averages their Euclidean distance instead)
     cohort: int = 0  # > 0: AS-norm against this many training-list utterances drawn with train.seed
     top_n: int = 300  # AS-norm: top cohort scores per utterance
 
@@ -460,12 +462,24 @@ def _check_values(cfg: Config) -> list[str]:
         "head.margin": cfg.head.margin,
     }
     errors += [f"{k}: must be >= 0, got {v}" for k, v in non_negative.items() if v < 0]
+    if not math.isfinite(cfg.train.budget_minutes):
+        errors.append(f"train.budget_minutes: must be a finite number of minutes (0: no budget), got "
+                      f"{cfg.train.budget_minutes}")
+    if cfg.head.name in ("proto", "angleproto", "softmaxproto", "ge2e") and (
+            cfg.data.n_per_speaker < 2 or cfg.train.micro_batch % cfg.data.n_per_speaker
+            or cfg.train.micro_batch < 2 * cfg.data.n_per_speaker):
+        errors.append(f"head.name={cfg.head.name} compares crops of a speaker within a micro-batch: it needs "
+                      "data.n_per_speaker >= 2 and train.micro_batch a multiple of it holding at least 2 speakers "
+                      f"(got {cfg.data.n_per_speaker} and {cfg.train.micro_batch})")
+    if cfg.eval.cohort > 0 and cfg.eval.crop_score == "mean_pairwise" and cfg.eval.mode == "crops":
+        errors.append("eval.crop_score=mean_pairwise with eval.cohort: AS-norm scores unit vectors, so the crops' "
+                      "mean would be renormalised; use eval.crop_score=mean_embedding with a cohort")
     if cfg.train.global_batch % cfg.train.micro_batch:
         errors.append(
             f"train.global_batch ({cfg.train.global_batch}) must be a multiple of train.micro_batch "
             f"({cfg.train.micro_batch}); accumulation steps are global_batch / micro_batch"
         )
-    if not 0 <= cfg.head.margin_ramp[0] <= cfg.head.margin_ramp[1]:
+    if cfg.head.margin_ramp is not None and not 0 <= cfg.head.margin_ramp[0] <= cfg.head.margin_ramp[1]:
         errors.append(f"head.margin_ramp: expected [start, end] epochs with 0 <= start <= end, got "
                       f"{list(cfg.head.margin_ramp)}")
     if cfg.train.micro_batch % cfg.data.n_per_speaker:

@@ -252,12 +252,14 @@ def evaluate(trials_path: str, scores_path: str | None = None, checkpoint: str |
 
     if (scores_path is None) == (checkpoint is None):
         raise VoxfastError("give either a score file or --checkpoint CKPT (one of them)")
+    if overrides and checkpoint is None:
+        raise VoxfastError("--set changes how a checkpoint is scored; a score file is already scored")
     trials = read_trials(trials_path)
     if scores_path is not None:
         pairs, scores = read_scores(scores_path)
         labels = labels_in_score_order(scores_path, pairs, trials_path, trials)
     else:
-        scores = _checkpoint_scores(checkpoint, trials, trials_path, root, device, overrides)
+        scores, protocol = _checkpoint_scores(checkpoint, trials, trials_path, root, device, overrides)
         labels = np.array([t.label for t in trials], dtype=bool) if trials[0].label is not None else None
         if out:
             Path(out).mkdir(parents=True, exist_ok=True)
@@ -270,21 +272,25 @@ def evaluate(trials_path: str, scores_path: str | None = None, checkpoint: str |
     if checkpoint and labels is not None:
         from voxfast.train.checkpoint import record_validation
 
-        record_validation(checkpoint, {**metrics, "trials": str(trials_path)})
+        record_validation(checkpoint, {**metrics, "trials": str(trials_path), "protocol": protocol})
     return metrics
 
 
 def _checkpoint_scores(checkpoint: str | None, trials: list[Any], trials_path: str, root: str | None, device: str,
-                       overrides: Sequence[str] = ()) -> np.ndarray:
+                       overrides: Sequence[str] = ()) -> tuple[np.ndarray, str]:
     """Scores as the checkpoint's validation computes them, under its eval settings with `overrides` laid over."""
     from voxfast.config import with_overrides
     from voxfast.runtime import resolve_device
-    from voxfast.tasks.speaker import load_embedder, trial_scores
+    from voxfast.tasks.speaker import load_embedder, protocol, trial_scores
 
+    wrong = [o for o in overrides if not o.startswith("eval.")]
+    if wrong:
+        raise VoxfastError(f"--set {wrong[0]}: only eval.* settings can change for a trained checkpoint")
     dev = resolve_device(device)
     embedder, cfg = load_embedder(str(checkpoint), dev)
     cfg = with_overrides(cfg, overrides, f"{checkpoint} with --set")
-    return trial_scores(embedder, cfg, trials, Path(root) if root else Path(trials_path).parent, dev)
+    scores = trial_scores(embedder, cfg, trials, Path(root) if root else Path(trials_path).parent, dev)
+    return scores, protocol(cfg)
 
 
 def _write_evaluation(metrics: dict[str, Any], scores: np.ndarray, labels: np.ndarray | None, name: str,

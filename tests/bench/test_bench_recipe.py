@@ -24,4 +24,5 @@ def test_verdicts_flag_a_recipe_above_the_floor_or_that_never_fitted():
     floor = RecipeResult(FLOOR, 8.0, 0.7, 0.5)
     assert _verdict(RecipeResult("a", 4.0, 0.5, 0.3, train_acc=0.9), floor) == "ok (0.50 x the floor's EER)"
     assert _verdict(RecipeResult("b", 9.0, 0.9, 0.6, train_acc=0.9), floor).startswith("FAIL: above")
-    assert _verdict(RecipeResult("c", 4.0, 0.5, 0.3, train_acc=0.01), floor).startswith("FAIL: never fitted")
+    assert _verdict(RecipeResult("c", 4.0, 0.5, 0.3, train_acc=0.01), floor).endswith("< 5 %: look at it")
+    assert _verdict(RecipeResult("d", float("nan"), 0, 0, verdict="FAIL: diverged"), floor) == "FAIL: diverged"

@@ -150,3 +150,32 @@ def test_as_norm_with_a_cohort_drawn_from_the_training_list(corpus, tmp_path):
     np.testing.assert_allclose(scores, as_norm_scores(emb, enroll, test, cohort, 3), rtol=1e-6)
     plain = trial_scores(embedder, _cfg(corpus, tmp_path), trials, corpus, torch.device("cpu"))
     assert not np.allclose(scores, plain)
+
+
+def test_groups_that_lost_a_crop_are_dropped_whole_and_splits_keep_groups():
+    from voxfast.tasks.speaker import whole_groups
+    from voxfast.train.task import split_batch
+
+    batch = {"slot": 0, "size": 8, "failed": 2, "rows": np.array([0, 1, 3, 4, 5, 6]),
+             "label": np.array([10, 10, 11, 12, 12, 13]), "aug": {"kind": torch.arange(6)}}
+    kept = whole_groups(batch, 2)  # rows 2 and 7 failed: groups 1 (rows 2-3) and 3 (rows 6-7) go
+    assert kept["rows"].tolist() == [0, 1, 4, 5] and kept["label"].tolist() == [10, 10, 12, 12]
+    assert kept["aug"]["kind"].tolist() == [0, 1, 3, 4]
+    assert whole_groups(batch, 1) is batch
+    pieces = split_batch({"label": np.arange(12), "x": np.arange(12)}, 4, unit=3)
+    assert [len(p["label"]) for p in pieces] == [3, 3, 3, 3]
+    pieces = split_batch({"label": np.arange(8), "x": np.arange(8)}, 3, unit=2)
+    assert all(len(p["label"]) % 2 == 0 for p in pieces) and sum(len(p["label"]) for p in pieces) == 8
+
+
+def test_metric_heads_and_budgets_are_checked_in_the_config():
+    from voxfast.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"head\.name=ge2e compares crops of a speaker"):
+        load_config(None, ["head.name=ge2e", "data.n_per_speaker=1"])
+    with pytest.raises(ConfigError, match=r"train\.budget_minutes: must be a finite"):
+        load_config(None, ["train.budget_minutes=inf"])
+    with pytest.raises(ConfigError, match=r"mean_pairwise with eval\.cohort"):
+        load_config(None, ["eval.mode=crops", "eval.crop_score=mean_pairwise", "eval.cohort=10"])
+    assert load_config(None, ["head.name=angleproto", "data.n_per_speaker=2", "train.micro_batch=8",
+                              "train.global_batch=8"]).head.name == "angleproto"

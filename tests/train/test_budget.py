@@ -81,3 +81,11 @@ def test_margin_ramp_in_epochs_is_stretched_like_the_lr():
     # E = 4 spans the second quarter of the budget, whatever the machine's speed.
     assert margin_schedule(4 * 0.25, 0.2, 1.0, 2.0, "linear") == 0.0
     assert margin_schedule(4 * 0.375, 0.2, 1.0, 2.0, "linear") == pytest.approx(0.1)
+
+
+def test_the_rate_comes_from_the_last_two_agreements_so_a_slow_first_step_does_not_count():
+    clock = BudgetClock(budget_s=100.0)
+    clock.agree(1, 20.0)  # start-up: loader workers, autotuning, compilation
+    clock.agree(2, 20.5)
+    assert clock.estimate(10) == pytest.approx(20.5 + 8 * 0.5)
+    assert [s for s in range(1, 40) if BudgetClock.agrees_at(s, 10)] == [1, 2, 4, 8, 10, 20, 30]

@@ -3,8 +3,8 @@
 Each config trains for `budget` minutes (train.budget_minutes) on the same training list and is scored on the
 same trials; the table reports EER, minDCF, steps, samples/s and the last logged training accuracy. Beside them
 stands the untrained floor (cosine of standardised MFCC statistics, voxfast.eval.floor) on the same trials: a
-recipe whose EER is above it has learnt nothing a spectrum summary does not give, and is flagged as a failure,
-as is one whose training accuracy stayed near zero (it never fitted its data).
+recipe whose EER is above it has learnt nothing a spectrum summary does not give, and is flagged as a failure; a
+training accuracy that stayed near zero (a recipe that never fitted its data) is pointed out beside the verdict.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from voxfast.config import load_config
+from voxfast.config import Config, load_config
 from voxfast.data.manifest import read_trials
+from voxfast.errors import VoxfastError
 from voxfast.eval.floor import floor_scores
 from voxfast.eval.metrics import verification_metrics
 from voxfast.tasks.run import train_and_score
@@ -42,6 +43,8 @@ class RecipeResult:
 def floor_metrics(trials_path: str, root: str | None, sample_rate: int) -> RecipeResult:
     """The untrained floor on a trial list, timed (it needs no training, so no budget)."""
     trials = read_trials(trials_path)
+    if any(t.label is None for t in trials):
+        raise VoxfastError(f"{trials_path}: unlabelled trials; comparing recipes needs `label enroll test` lines")
     scores = floor_scores(trials, root or Path(trials_path).parent, sample_rate)
     m = verification_metrics(scores, np.array([t.label for t in trials]))
     return RecipeResult(FLOOR, m["eer"], m["min_dcf_0.01"], m["min_dcf_0.05"], verdict="reference")
@@ -52,19 +55,27 @@ def run_recipe_bench(configs: Sequence[str], overrides: Sequence[str], budget_mi
     """Train every config for `budget_minutes` under the same overrides (data, trials), then the floor; rows in
     the order given, the floor last, verdicts against it."""
     out_dir = Path(out_dir)
-    results = []
-    for config in configs:
-        name = Path(config).stem
-        cfg = load_config(config, [*overrides, f"train.budget_minutes={budget_minutes}",
-                                   f"train.out_dir={out_dir / name}"], presets)
-        summary, metrics = train_and_score(cfg, out_dir / name)
-        results.append(RecipeResult(name, metrics["eer"], metrics["min_dcf_0.01"], metrics["min_dcf_0.05"],
-                                    summary["steps"], summary["train_samples_per_s"], summary["epochs_done"],
-                                    _last_accuracy(out_dir / name / "metrics.jsonl")))
-    floor = floor_metrics(cfg.eval.trials, cfg.eval.root, cfg.data.sample_rate)
+    cfgs = {Path(c).stem: load_config(c, [*overrides, f"train.budget_minutes={budget_minutes}",
+                                          f"train.out_dir={out_dir / Path(c).stem}"], presets) for c in configs}
+    trial_lists = {cfg.eval.trials for cfg in cfgs.values()}
+    if len(trial_lists) != 1:
+        raise VoxfastError(f"the configs score different trial lists ({sorted(trial_lists)}); set eval.trials once")
+    first = next(iter(cfgs.values()))
+    floor = floor_metrics(first.eval.trials, first.eval.root, first.data.sample_rate)  # fails early on bad trials
+    results = [_train_one(name, cfg, out_dir / name) for name, cfg in cfgs.items()]
     for r in results:
         r.verdict = _verdict(r, floor)
     return [*results, floor]
+
+
+def _train_one(name: str, cfg: Config, out: Path) -> RecipeResult:
+    """One recipe's row; a run that fails (diverges, runs out of memory) becomes a FAIL row, not a lost table."""
+    try:
+        summary, metrics = train_and_score(cfg, out)
+    except (VoxfastError, RuntimeError) as exc:
+        return RecipeResult(name, float("nan"), float("nan"), float("nan"), verdict=f"FAIL: {exc}")
+    return RecipeResult(name, metrics["eer"], metrics["min_dcf_0.01"], metrics["min_dcf_0.05"], summary["steps"],
+                        summary["train_samples_per_s"], summary["epochs_done"], _last_accuracy(out / "metrics.jsonl"))
 
 
 def _last_accuracy(metrics_file: Path) -> float | None:
@@ -75,11 +86,13 @@ def _last_accuracy(metrics_file: Path) -> float | None:
 
 
 def _verdict(r: RecipeResult, floor: RecipeResult) -> str:
-    if r.train_acc is not None and r.train_acc < 0.05:
-        return "FAIL: never fitted (training accuracy < 5 %)"
+    if r.verdict.startswith("FAIL"):
+        return r.verdict
+    unfit = r.train_acc is not None and r.train_acc < 0.05
+    note = "; training accuracy < 5 %: look at it" if unfit else ""
     if r.eer >= floor.eer:
-        return "FAIL: above the untrained floor"
-    return f"ok ({r.eer / floor.eer:.2f} x the floor's EER)"
+        return "FAIL: above the untrained floor" + note
+    return f"ok ({r.eer / floor.eer:.2f} x the floor's EER){note}"
 
 
 def format_recipe_results(results: list[RecipeResult], budget_minutes: float, as_json: bool) -> str:

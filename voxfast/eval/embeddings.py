@@ -12,10 +12,10 @@ utterance, both batched:
   utterances). Any change of length moves an embedding a little (the last frames change), so a looser tolerance
   trades agreement for fuller batches; ``tolerance=0`` batches equal lengths only and changes nothing at all.
 * ``crops``: voxceleb_trainer's evaluation: ``crops`` evenly spaced crops of ``crop_samples`` (wrap-padded when the
-  utterance is shorter). The crops' L2-normalised embeddings are averaged and normalised again. voxceleb_trainer
-  keeps the N crop embeddings and scores a trial by the mean over all N x N crop pairs; the mean of unit vectors
-  is the common cheaper variant (one vector per utterance, one dot product per trial), and its unnormalised dot
-  product is exactly the mean pairwise cosine.
+  utterance is shorter). The crops' L2-normalised embeddings are averaged and normalised again (mean embedding);
+  with ``pairwise`` the mean is kept unnormalised, so the dot product of two utterances' rows is exactly the mean
+  cosine over all N x N crop pairs. voxceleb_trainer scores the mean Euclidean distance over those pairs of unit
+  vectors, sqrt(2 - 2 cos) averaged, a close variant that needs all N vectors per utterance.
 
 A DataLoader reads and pads the next batches in worker processes while the model runs.
 """

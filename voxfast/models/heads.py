@@ -202,7 +202,7 @@ class ProtoHead(_GroupedHead):
     def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.group(emb)  # (N, M, D)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            logits = -torch.cdist(x[:, 0], x[:, 1:].mean(1)).square()  # (N queries, N prototypes)
+            logits = -(x[:, None, 0] - x[None, :, 1:].mean(2)).square().sum(-1)  # (N queries, N prototypes)
         return F.cross_entropy(logits, self.target(labels)), logits
 
 

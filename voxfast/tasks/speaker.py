@@ -34,11 +34,11 @@ from voxfast.errors import VoxfastError
 from voxfast.eval.embeddings import Batching, extract_embeddings
 from voxfast.eval.metrics import verification_metrics
 from voxfast.eval.scoring import as_norm_scores, cosine_scores, trial_indices
-from voxfast.models.heads import create_head
+from voxfast.models.heads import METRIC_HEADS, create_head
 from voxfast.models.registry import check_model, create_model
 from voxfast.train.checkpoint import load_checkpoint
 from voxfast.train.schedule import margin_schedule, set_margin
-from voxfast.train.task import Task
+from voxfast.train.task import Task, split_batch
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +125,11 @@ class SpeakerTask(Task):
         return SpeakerTrainModel(embedder, head)
 
     def on_step(self, model: nn.Module, progress: float) -> dict[str, float]:
-        """Drive the margin schedule from the trainer's progress (fractional epochs); returns it for the log."""
-        start, end = self.cfg.head.margin_ramp
+        """Drive the margin schedule from the trainer's progress (fractional epochs); returns it for the log
+        (nothing for heads without a margin)."""
+        if not hasattr(model.head, "margin"):
+            return {}
+        start, end = margin_ramp(self.cfg)
         margin = margin_schedule(progress, self.cfg.head.margin, start, end, self.cfg.head.margin_increase)
         set_margin(model.head, margin)
         return {"margin": margin}
@@ -135,7 +138,17 @@ class SpeakerTask(Task):
         self.sampler.set_epoch(epoch, skip)
         return self.loader
 
+    def split_batch(self, batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
+        """Pieces of whole speaker groups (after out-of-memory), so a metric-learning head still sees its pairs."""
+        return split_batch(batch, parts, unit=self.group_size)
+
+    @property
+    def group_size(self) -> int:
+        """Crops per speaker that the head compares (1 for classifiers over all speakers)."""
+        return self.cfg.data.n_per_speaker if self.cfg.head.name in METRIC_HEADS else 1
+
     def training_step(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+        batch = whole_groups(batch, self.group_size)
         wave = self.dataset.batch_wave(batch)
         if device.type == "cuda" and self.cfg.data.pin_memory:
             # A pinned copy (torch's caching host allocator reuses blocks only after their copies finish)
@@ -160,6 +173,38 @@ class SpeakerTask(Task):
     def evaluate(self, model: nn.Module, device: torch.device, out_dir: Path) -> dict[str, float]:
         embedder = model.embedder if isinstance(model, SpeakerTrainModel) else model
         return score_trials(embedder, self.cfg, device, out_dir)
+
+
+def protocol(cfg: Config) -> str:
+    """The scoring protocol of cfg.eval in one word: `full` is what voxfast.load(...).score computes, so only a
+    threshold measured under it may decide `verify`."""
+    e = cfg.eval
+    name = "full" if e.mode == "full" else f"crops{e.crops}x{e.crop_seconds:g}s-{e.crop_score}"
+    return name + (f"+asnorm{e.cohort}" if e.cohort > 0 else "")
+
+
+def margin_ramp(cfg: Config) -> tuple[float, float]:
+    """head.margin_ramp in epochs; unset, WeSpeaker's proportions (epochs 20-40 of 150) of train.epochs."""
+    if cfg.head.margin_ramp is not None:
+        return cfg.head.margin_ramp
+    return 20 / 150 * cfg.train.epochs, 40 / 150 * cfg.train.epochs
+
+
+def whole_groups(batch: dict[str, Any], m: int) -> dict[str, Any]:
+    """The batch without the speaker groups that lost a crop to an unreadable file.
+
+    The sampler lays `m` crops of a speaker side by side and the loader drops failed reads, which would shift
+    every later group by one: a metric-learning head would then pair crops of different speakers.
+    """
+    if m == 1 or not batch["failed"]:
+        return batch
+    groups = batch["rows"] // m
+    keep = np.bincount(groups, minlength=batch["size"] // m + 1)[groups] == m
+    out = dict(batch, rows=batch["rows"][keep], label=batch["label"][keep])
+    if "aug" in batch:
+        out["aug"] = {k: v[torch.from_numpy(keep)] if isinstance(v, torch.Tensor) else v[keep]
+                      for k, v in batch["aug"].items()}
+    return out
 
 
 def _training_source(cfg: Config) -> tuple[CropSource, list[str], str]:
@@ -210,7 +255,7 @@ def score_trials(embedder: nn.Module, cfg: Config, device: torch.device, out_dir
     root = Path(cfg.eval.root) if cfg.eval.root else Path(cfg.eval.trials).parent
     scores = trial_scores(embedder, cfg, trials, root, device)
     n_utterances = len({u for t in trials for u in (t.enroll, t.test)})
-    result: dict[str, Any] = {"n_trials": len(trials), "n_utterances": n_utterances}
+    result: dict[str, Any] = {"n_trials": len(trials), "n_utterances": n_utterances, "protocol": protocol(cfg)}
     if all(t.label is not None for t in trials):
         labels = np.array([t.label for t in trials], dtype=np.int64)
         result.update(verification_metrics(scores, labels))
@@ -249,6 +294,9 @@ def _embed(embedder: nn.Module, cfg: Config, paths: Sequence[str], device: torch
 
 def _cohort_embeddings(embedder: nn.Module, cfg: Config, device: torch.device) -> np.ndarray:
     """eval.cohort utterances of the training list (drawn with train.seed), embedded as the trials are."""
+    if cfg.data.store and not Path(cfg.data.train_list).is_file():
+        raise VoxfastError(f"eval.cohort draws its utterances from data.train_list ({cfg.data.train_list}), which "
+                           "does not exist; a run from data.store needs the list too (or eval.cohort=0)")
     utts = read_utterances(cfg.data.train_list, cfg.data.train_root)
     rng = np.random.default_rng([cfg.train.seed % 2**32, 17])
     chosen = np.sort(rng.choice(len(utts), size=min(cfg.eval.cohort, len(utts)), replace=False))

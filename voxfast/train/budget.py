@@ -24,16 +24,26 @@ class BudgetClock:
     budget_s: float
     seconds: float = 0.0  # training seconds at `step` (agreed by every rank)
     step: int = 0
+    rate: float = 0.0  # seconds per step between the last two agreements (the first step's start-up excluded)
 
     def agree(self, step: int, seconds: float) -> None:
         """Record the (all-reduced) training seconds after optimizer step `step`."""
+        if step > self.step:
+            self.rate = (seconds - self.seconds) / (step - self.step) if self.step else seconds / step
         self.step, self.seconds = step, seconds
 
     def estimate(self, step: int) -> float:
-        """Training seconds after optimizer step `step`, extrapolated at the mean seconds per step so far."""
-        if self.step == 0:
-            return 0.0
-        return self.seconds + (step - self.step) * self.seconds / self.step
+        """Training seconds after optimizer step `step`, extrapolated from the last agreement at the latest rate.
+
+        The rate is measured between the last two agreements, so a slow first step (loader start-up, cuDNN
+        autotuning, compilation) does not make the run look further along than it is.
+        """
+        return self.seconds + (step - self.step) * self.rate
+
+    @staticmethod
+    def agrees_at(step: int, every: int) -> bool:
+        """Steps at which ranks agree on the clock: 1, 2, 4, 8, ... (quick to learn the rate), then every `every`."""
+        return step % every == 0 or (step & (step - 1) == 0 and step < every)
 
     def fraction(self, step: int) -> float:
         """Progress after step `step` as a fraction of the budget, in [0, 1]."""

@@ -73,12 +73,14 @@ class Task(Protocol):
         raise VoxfastError(f"the {cls.name} task has no demo data generator")
 
 
-def split_batch(batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
+def split_batch(batch: dict[str, Any], parts: int, unit: int = 1) -> list[dict[str, Any]]:
     """Cut every per-sample entry (arrays and tensors whose first axis has the batch's length, nested dicts
-    included) into `parts` nearly equal consecutive pieces; other entries are copied, counts ("failed") kept
-    in the first piece only so they are not counted twice."""
+    included) into `parts` nearly equal consecutive pieces, cut only at multiples of `unit` (groups of crops a
+    loss compares stay whole); other entries are copied, counts ("failed") kept in the first piece only so they
+    are not counted twice."""
     n = len(batch["label"])
-    bounds = np.linspace(0, n, parts + 1).round().astype(int)
+    bounds = np.unique((np.linspace(0, n // unit, parts + 1).round() * unit).astype(int).clip(max=n))
+    bounds[-1] = n
     return [_slice(batch, n, int(a), int(b), first=i == 0) for i, (a, b) in enumerate(itertools.pairwise(bounds))]
 
 

@@ -146,7 +146,7 @@ class Trainer:
         return {"train_minutes": seconds / 60, "train_samples_per_s": samples * self.dist.world / seconds,
                 "data_wait_pct": 100.0 * wait / seconds, "steps": self.step, "skipped_files": self.skipped_files,
                 "nonfinite_steps": int(self._bad["total"].item()), "micro_batch": self.cfg.micro_batch // self.split,
-                "epochs_done": self.epoch + self.batch_in_epoch / max(self._epoch_batches, 1),
+                "epochs_done": self.epoch + (self.batch_in_epoch / self._epoch_batches if self._epoch_batches else 0.0),
                 "interrupted": self._stop_signal}
 
     def _stopping(self, stop_at: int | None) -> bool:
@@ -164,7 +164,7 @@ class Trainer:
         window, epoch_samples, micro = _Window(self.device, self.epoch + skip / self.accum / steps), 0, []
         epoch_loss = _Window(self.device, 0.0)  # totals of the whole epoch, for best.pt
         started, wait_total, skipped_before = time.perf_counter(), 0.0, self.skipped_files
-        bar = progress_bar(steps - skip // self.accum, f"epoch {self.epoch + 1}/{self.cfg.epochs}", self.dist.is_main)
+        bar = progress_bar(steps - skip // self.accum, f"epoch {self._epoch_label()}", self.dist.is_main)
         for batch, waited in _timed(batches):
             window.wait, wait_total = window.wait + waited, wait_total + waited
             self.skipped_files += int(batch.get("failed", 0))
@@ -190,14 +190,21 @@ class Trainer:
                 bar.close()
                 return epoch_samples, wait_total
         bar.close()
+        if self.clock is not None and self.batch_in_epoch < self.accum:
+            raise VoxfastError(f"an epoch of {self.batch_in_epoch} micro-batches fills no optimizer step of "
+                               f"{self.accum}: a budget run would never advance (lower train.global_batch)")
         self.batch_in_epoch = 0
         seconds = time.perf_counter() - started
-        log.info("epoch %d/%d: %d samples in %.0f s (%.1f samples/s), %d non-finite steps skipped in the run, "
-                 "%d unreadable files skipped", self.epoch + 1, self.cfg.epochs, epoch_samples, seconds,
+        log.info("epoch %s: %d samples in %.0f s (%.1f samples/s), %d non-finite steps skipped in the run, "
+                 "%d unreadable files skipped", self._epoch_label(), epoch_samples, seconds,
                  epoch_samples * self.dist.world / max(seconds, 1e-9), int(self._bad["total"].item()),
                  self.skipped_files - skipped_before)
         self._epoch_loss = (epoch_loss.loss_total, epoch_loss.n_total)
         return epoch_samples, wait_total
+
+    def _epoch_label(self) -> str:
+        """`3/18`, or `3` in a budget run (which ends when its time is up, not after train.epochs)."""
+        return f"{self.epoch + 1}" if self.clock is not None else f"{self.epoch + 1}/{self.cfg.epochs}"
 
     def _before_step(self, progress: float) -> dict[str, float]:
         """LR and task schedules (margin) for the coming step; starts the profiler at its first step."""
@@ -211,7 +218,7 @@ class Trainer:
     def _after_step(self, window: _Window) -> None:
         now = time.perf_counter()
         self.train_seconds, self._mark = self.train_seconds + now - self._mark, now
-        if self.clock is not None and (not self.dist.enabled or self.step == 1 or self.step % self.cfg.log_every == 0):
+        if self.clock is not None and (not self.dist.enabled or BudgetClock.agrees_at(self.step, self.cfg.log_every)):
             self.clock.agree(self.step, self._agreed_seconds())
         if not self.dist.enabled:
             self._stop_signal = self._signal_seen
@@ -347,13 +354,13 @@ class Trainer:
         if self.dist.is_main:
             prune_checkpoints(self.checkpoint_dir, self.cfg.keep_last)
 
-    def _epoch_figure(self) -> float:
+    def _epoch_figure(self) -> float | None:
         """Mean training loss of the epoch over all ranks (every rank reaches the same best.pt verdict)."""
         total, n = self._epoch_loss
         sums = torch.stack([total, n])
         if self.dist.enabled:
             dist.all_reduce(sums)
-        return float(sums[0] / sums[1].clamp_min(1))
+        return float(sums[0] / sums[1]) if sums[1] > 0 else None  # an epoch resumed at its very end trained nothing
 
     def _validate(self) -> float | None:
         """Rank 0 evaluates (e.g. EER on the trial list); every rank receives the figures."""
@@ -450,7 +457,7 @@ class Trainer:
                        "nonfinite_steps": int(self._bad["total"].item())})
         if self.device.type == "cuda":
             record["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
-        log.info("step %d (epoch %d/%d) %s eta %s", self.step, self.epoch + 1, self.cfg.epochs,
+        log.info("step %d (epoch %s) %s eta %s", self.step, self._epoch_label(),
                  " ".join(f"{_LABELS.get(k, k)} {_fmt(k, v)}" for k, v in record.items()
                           if k not in ("step", "epoch", "eta_s")), _fmt_eta(eta))
         with open(self.metrics_file, "a") as f:
