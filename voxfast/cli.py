@@ -209,8 +209,8 @@ def _add_bench_args(p: argparse.ArgumentParser, batch: int, device_help: str) ->
 
 
 def _add_config_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
-    p.add_argument("--config", default=default, help="a YAML file or a shipped config's name (demo, image_demo, "
-                   "eeg_demo)" + (f"; default: {default}" if default else ""))
+    p.add_argument("--config", default=default, help="a YAML file or a shipped config's name (demo, small, "
+                   "voxceleb_trainer, image_demo, eeg_demo)" + (f"; default: {default}" if default else ""))
     p.add_argument("--preset", action="append", default=[], metavar="NAME_OR_YAML",
                    help="settings laid over the config: a shipped preset (speed, reproducible) or a YAML file")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. train.lr=1e-3")
