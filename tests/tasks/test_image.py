@@ -184,7 +184,9 @@ def test_cli_train(demo, tmp_path, capsys):
     code = main(["train", "--task", "image", "--config", "image_demo",
                  f"image.data={demo}", f"train.out_dir={out}", "image.width=4", "image.blocks=1,1,1", "train.epochs=1",
                  "train.micro_batch=32", "train.global_batch=64", "train.device=cpu", "train.tensorboard=false",
-                 "train.validate_every=1"])
+                 "train.validate_every=1", "train.channels_last=false"])
+    # channels_last off: with image.width=4, oneDNN's NHWC 1x1 convolution backward-weights kernel (torch 2.14.1,
+    # AVX2) aborted at 1 thread and now and then deadlocked at 2 in this session (not seen at width 16)
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["n_val"] == 60 and 0.0 <= printed["accuracy"] <= 1.0 and printed["steps"] == 8
