@@ -228,14 +228,27 @@ def score(trials_path: str, out: str, embeddings: str | None = None, checkpoint:
 def _checkpoint_table(checkpoint: str | None, trials: list[Any], trials_path: str, root: str | None, device: str
                       ) -> tuple[list[str], np.ndarray]:
     """Embed the trial utterances with a checkpoint's model, exactly as the evaluation after training does."""
-    from voxfast.runtime import resolve_device
-    from voxfast.tasks.speaker import embed_trials, load_embedder
+    from voxfast.tasks.speaker import embed_trials
 
     if checkpoint is None:
         raise VoxfastError("give --embeddings EMB.npz or --checkpoint CKPT")
+    embedder, cfg, dev = _checkpoint_embedder(checkpoint, device)
+    return embed_trials(embedder, cfg, trials, _trial_root(trials_path, root), dev)
+
+
+def _checkpoint_embedder(checkpoint: str, device: str) -> tuple[Any, Config, Any]:
+    """The checkpoint's embedding network on the resolved device, its config and that device."""
+    from voxfast.runtime import resolve_device
+    from voxfast.tasks.speaker import load_embedder
+
     dev = resolve_device(device)
     embedder, cfg = load_embedder(checkpoint, dev)
-    return embed_trials(embedder, cfg, trials, Path(root) if root else Path(trials_path).parent, dev)
+    return embedder, cfg, dev
+
+
+def _trial_root(trials_path: str, root: str | None) -> Path:
+    """The folder trial ids are relative to: --root, else the trial list's folder."""
+    return Path(root) if root else Path(trials_path).parent
 
 
 def evaluate(trials_path: str, scores_path: str | None = None, checkpoint: str | None = None,
@@ -280,17 +293,14 @@ def _checkpoint_scores(checkpoint: str | None, trials: list[Any], trials_path: s
                        overrides: Sequence[str] = ()) -> tuple[np.ndarray, str]:
     """Scores as the checkpoint's validation computes them, under its eval settings with `overrides` laid over."""
     from voxfast.config import with_overrides
-    from voxfast.runtime import resolve_device
-    from voxfast.tasks.speaker import load_embedder, protocol, trial_scores
+    from voxfast.tasks.speaker import protocol, trial_scores
 
     wrong = [o for o in overrides if not o.startswith("eval.")]
     if wrong:
         raise VoxfastError(f"--set {wrong[0]}: only eval.* settings can change for a trained checkpoint")
-    dev = resolve_device(device)
-    embedder, cfg = load_embedder(str(checkpoint), dev)
+    embedder, cfg, dev = _checkpoint_embedder(str(checkpoint), device)
     cfg = with_overrides(cfg, overrides, f"{checkpoint} with --set")
-    scores = trial_scores(embedder, cfg, trials, Path(root) if root else Path(trials_path).parent, dev)
-    return scores, protocol(cfg)
+    return trial_scores(embedder, cfg, trials, _trial_root(trials_path, root), dev), protocol(cfg)
 
 
 def _write_evaluation(metrics: dict[str, Any], scores: np.ndarray, labels: np.ndarray | None, name: str,
