@@ -14,7 +14,10 @@ def make_tiny_corpus(root: Path) -> Path:
 
 
 def tiny_overrides(root: Path, *extra: str) -> list[str]:
-    """Overrides that make any config train the tiny model on the tiny corpus, well under a second per step."""
+    """Overrides that make any config train the tiny model on the tiny corpus, well under a second per step.
+
+    On the CPU even where a GPU is visible: these tests check what CPU runs print (tests/test_gpu.py has CUDA).
+    """
     return [f"data.train_list={root}/train_list.txt", f"eval.trials={root}/trials.txt", "data.num_frames=30",
             "data.n_per_speaker=2", "model.name=resnetse_demo", "model.embed_dim=16", "train.micro_batch=4",
-            "train.global_batch=4", "train.epochs=1", *extra]
+            "train.global_batch=4", "train.epochs=1", "train.device=cpu", *extra]

@@ -259,7 +259,9 @@ def test_cpu_augmented_store_crops_equal_augment_numpy_of_the_same_draws(tmp_pat
         draw = item_rng(100 + index)
         crop = source.random_crop(index, 1000, draw)
         expected = augment_numpy(crop, draw_plan(draw, spec, bank, 1000), bank)
-        np.testing.assert_array_equal(ds.ring.buffer[0, index].numpy(), expected)
+        # the same draws; FFT libraries may round differently, so float32 rounding of the peak is allowed
+        np.testing.assert_allclose(ds.ring.buffer[0, index].numpy(), expected, rtol=0,
+                                   atol=1e-5 * np.abs(expected).max())
 
 
 def test_a_batch_fetch_transforms_reverb_rows_together_with_the_same_result(tmp_path):
