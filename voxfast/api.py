@@ -17,11 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from voxfast.audio.io import read_audio, resample
+from voxfast.audio.io import audio_info, read_audio, resample
 from voxfast.errors import VoxfastError
 from voxfast.runtime import resolve_device
 from voxfast.train.checkpoint import load_checkpoint
@@ -68,7 +67,7 @@ class SpeakerModel:
 
     def _waveform(self, audio: Audio, sr: int | None) -> np.ndarray:
         if isinstance(audio, str | Path):
-            rate = sf.info(str(audio)).samplerate
+            rate = audio_info(audio)[1]
             return resample(read_audio(audio), rate, self.sample_rate)
         wave = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
         if wave.ndim != 1 or wave.size == 0:

@@ -54,7 +54,7 @@ def test_find_audio_files_lists_every_audio_file_below_a_folder_sorted(tmp_path)
     found = io.find_audio_files(str(tmp_path))
     assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a.ogg", "b/a.wav", "b/z.FLAC", "c/d/e.Wav"]
     assert io.find_audio_files(tmp_path / "c") == [tmp_path / "c" / "d" / "e.Wav"]
-    assert io.AUDIO_SUFFIXES_TEXT == ".wav, .flac or .ogg"
+    assert io.AUDIO_SUFFIXES_TEXT == ".wav, .flac, .ogg, .m4a or .mp4"
 
 
 def test_int16_conversions_are_exact_inverses_on_the_pcm16_scale():

@@ -2,8 +2,10 @@
 
 Reading only the crop (soundfile seeks, then decodes `frames` samples) is what makes random 2 s crops
 of long files cheap; 16-bit PCM WAV files skip libsndfile altogether (:mod:`voxfast.audio.wav`: no cffi calls per
-crop, the same samples). Every read is validated: a wrong sample rate, an empty file or non-finite
-samples raise :class:`AudioLoadError` naming the file, so the loader can skip and count it.
+crop, the same samples). MP4 audio (VoxCeleb2's ``.m4a``) is decoded by PyAV (:mod:`voxfast.audio.av_decode`,
+the ``m4a`` extra) into the (frames, channels) float32 soundfile would give, then takes the same path; it cannot
+seek cheaply, so its crops decode the whole file. Every read is validated: a wrong sample rate, an empty file or
+non-finite samples raise :class:`AudioLoadError` naming the file, so the loader can skip and count it.
 
 This module is also the one home of the small audio conventions every layer shares: the int16 scale
 (:data:`PCM16_SCALE`), the int16 <-> float32 conversions, the resampler and the audio file suffixes.
@@ -18,18 +20,20 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from voxfast.audio import av_decode
 from voxfast.audio.wav import Pcm16Wav
 from voxfast.errors import AudioLoadError
 
 log = logging.getLogger(__name__)
 _warned_multichannel = False
+_warned_compressed_crops = False
 
 # int16 full scale: float = int16 / PCM16_SCALE, libsndfile's convention. A power of two, so the division (or
 # the product with its float32 reciprocal) is exact both ways; every int16 <-> float conversion uses this one.
 PCM16_SCALE = 32768.0
 # Suffixes of the audio files a folder is searched for (noise banks, `voxfast extract FOLDER`, `voxfast pack`).
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
-# The suffixes as prose, for messages: ".wav, .flac or .ogg".
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", *av_decode.PYAV_SUFFIXES)
+# The suffixes as prose, for messages: ".wav, .flac, .ogg, .m4a or .mp4".
 AUDIO_SUFFIXES_TEXT = ", ".join(AUDIO_SUFFIXES[:-1]) + " or " + AUDIO_SUFFIXES[-1]
 
 
@@ -39,6 +43,17 @@ def find_audio_files(folder: Path | str) -> list[Path]:
     return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
 
 
+def audio_info(path: str | Path) -> tuple[int, int]:
+    """(frames, sample rate) of any file voxfast reads, from its header (no decoding), or AudioLoadError."""
+    if av_decode.is_pyav_file(path):
+        return av_decode.info(path)
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise AudioLoadError(f"cannot read audio {path}: {exc}") from exc
+    return info.frames, info.samplerate
+
+
 def read_audio(path: str | Path, start: int = 0, frames: int = -1, sample_rate: int | None = None) -> np.ndarray:
     """Read `frames` samples from `start` (all with -1) as float32 in [-1, 1], mono.
 
@@ -46,7 +61,9 @@ def read_audio(path: str | Path, start: int = 0, frames: int = -1, sample_rate: 
     """
     try:
         wav = Pcm16Wav.open(path) if start >= 0 else None
-        if wav is not None:
+        if av_decode.is_pyav_file(path):
+            data, rate = av_decode.decode(path, start, frames)
+        elif wav is not None:
             with wav:
                 data, rate = to_float32(wav.read(start, wav.frames if frames < 0 else frames)), wav.samplerate
         else:
@@ -80,6 +97,8 @@ def read_random_crop(
         if fast is not None:
             data, rate = fast
             data = to_float32(data) if dtype == "float32" else data
+        elif av_decode.is_pyav_file(path):
+            data, rate = _pyav_crop(path, num_samples, rng, sample_rate, resample_mismatch)
         else:
             data, rate = _soundfile_crop(path, num_samples, rng, sample_rate, resample_mismatch, dtype)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
@@ -121,15 +140,30 @@ def _soundfile_crop(
     """The crop through libsndfile (any format), at the file's own rate; a mismatched rate reads the same span."""
     with sf.SoundFile(str(path)) as f:
         rate, total = f.samplerate, f.frames
-        if rate != sample_rate and sample_rate is not None and resample_mismatch:
-            need = int(np.ceil(num_samples * rate / sample_rate)) + 1
-        else:
-            need = num_samples
+        need = _span(num_samples, rate, sample_rate, resample_mismatch)
         f.seek(_crop_start(total, need, rng))
         # Float files are read as float so NaNs are caught (libsndfile's int16 conversion zeroes them).
         as_float = need != num_samples or f.subtype in ("FLOAT", "DOUBLE") or dtype == "float32"
         as_float = as_float or (dtype == "native" and f.subtype != "PCM_16")
         return f.read(min(total, need), dtype="float32" if as_float else "int16", always_2d=True), rate
+
+
+def _pyav_crop(
+    path: str | Path, num_samples: int, rng: np.random.Generator, sample_rate: int | None, resample_mismatch: bool
+) -> tuple[np.ndarray, int]:
+    """The crop of a file PyAV decodes: the whole file decoded, then the same draw and span as soundfile's path."""
+    _warn_compressed_crops(path)
+    data, rate = av_decode.decode(path)
+    need = _span(num_samples, rate, sample_rate, resample_mismatch)
+    start = _crop_start(len(data), need, rng)
+    return data[start : start + need], rate
+
+
+def _span(num_samples: int, rate: int, sample_rate: int | None, resample_mismatch: bool) -> int:
+    """Samples to read at the file's `rate` for a `num_samples` crop at `sample_rate` (one more when resampled)."""
+    if rate != sample_rate and sample_rate is not None and resample_mismatch:
+        return int(np.ceil(num_samples * rate / sample_rate)) + 1
+    return num_samples
 
 
 def _crop_start(total: int, need: int, rng: np.random.Generator) -> int:
@@ -194,3 +228,12 @@ def _warn_multichannel(path: str | Path, channels: int) -> None:
     if not _warned_multichannel:
         log.warning("%s has %d channels; multi-channel audio is averaged to mono (warned once)", path, channels)
         _warned_multichannel = True
+
+
+def _warn_compressed_crops(path: str | Path) -> None:
+    global _warned_compressed_crops
+    if not _warned_compressed_crops:
+        log.warning("%s: random crops of compressed audio (%s) decode the whole file for every crop; run "
+                    "`voxfast pack` once and train from the store (warned once)", path,
+                    " ".join(av_decode.PYAV_SUFFIXES))
+        _warned_compressed_crops = True

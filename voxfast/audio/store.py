@@ -37,6 +37,7 @@ from typing import Any, BinaryIO, Literal, NamedTuple, Protocol
 import numpy as np
 import soundfile as sf
 
+from voxfast.audio import av_decode
 from voxfast.audio.io import resample, to_float32, to_int16
 from voxfast.errors import AudioLoadError, VoxfastError
 from voxfast.progress import progress_bar
@@ -128,15 +129,10 @@ def _decode_chunk(paths: list[str], sample_rate: int, dtype: str) -> list[_Decod
 def _decode(path: str, sample_rate: int, dtype: str) -> tuple[np.ndarray, int]:
     """Mono samples of `path` in the store's dtype at `sample_rate`, and the file's own rate.
 
-    Integer files go to an int16 store through soundfile's int16 read, so 16-bit files are bit-exact.
+    Integer files go to an int16 store through soundfile's int16 read, so 16-bit files are bit-exact; MP4 audio
+    (PyAV, float32) is rounded to int16 like a float WAV.
     """
-    try:
-        with sf.SoundFile(path) as f:
-            rate = f.samplerate
-            as_float = dtype == "float32" or f.subtype in _FLOAT_SUBTYPES
-            data = f.read(dtype="float32" if as_float else "int16", always_2d=True)
-    except (sf.SoundFileError, RuntimeError, OSError, ValueError) as exc:
-        raise AudioLoadError(f"cannot read audio: {exc}") from exc
+    data, rate = av_decode.decode(path) if av_decode.is_pyav_file(path) else _soundfile_read(path, dtype)
     if data.shape[0] == 0:
         raise AudioLoadError("no samples (empty or truncated file)")
     wave = _mono(data)
@@ -145,6 +141,16 @@ def _decode(path: str, sample_rate: int, dtype: str) -> tuple[np.ndarray, int]:
     if rate != sample_rate:
         wave = resample(to_float32(wave), rate, sample_rate)
     return _to_store_dtype(wave, dtype), rate
+
+
+def _soundfile_read(path: str, dtype: str) -> tuple[np.ndarray, int]:
+    """(frames, channels) samples and rate through libsndfile: int16 for integer files going to an int16 store."""
+    try:
+        with sf.SoundFile(path) as f:
+            as_float = dtype == "float32" or f.subtype in _FLOAT_SUBTYPES
+            return f.read(dtype="float32" if as_float else "int16", always_2d=True), f.samplerate
+    except (sf.SoundFileError, RuntimeError, OSError, ValueError) as exc:
+        raise AudioLoadError(f"cannot read audio: {exc}") from exc
 
 
 def _mono(data: np.ndarray) -> np.ndarray:

@@ -82,7 +82,8 @@ class CropSource(Protocol):
 
 
 class FileSource:
-    """Crops read straight from audio files with soundfile partial reads."""
+    """Crops read straight from audio files: partial reads (pread or soundfile), but MP4 audio (``.m4a``) cannot
+    seek cheaply, so each of its crops decodes the whole file (:func:`read_random_crop` warns once: pack it)."""
 
     def __init__(self, paths: Sequence[str], sample_rate: int, resample_mismatch: bool = False) -> None:
         self.paths = list(paths)

@@ -34,13 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile as sf
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from voxfast.audio.io import AUDIO_SUFFIXES, AUDIO_SUFFIXES_TEXT, find_audio_files, read_audio
+from voxfast.audio.io import AUDIO_SUFFIXES, AUDIO_SUFFIXES_TEXT, audio_info, find_audio_files, read_audio
 from voxfast.data.manifest import read_trials, read_utterances
 from voxfast.errors import AudioLoadError, VoxfastError
 from voxfast.progress import progress_bar
@@ -106,11 +105,7 @@ def _wrap_to(wave: np.ndarray, size: int) -> np.ndarray:
 
 def _frames(path: str, max_samples: int) -> int:
     """Length in samples from the file header (no decoding), capped at `max_samples` when > 0."""
-    try:
-        with sf.SoundFile(path) as f:
-            frames = f.frames
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise AudioLoadError(f"cannot read audio {path}: {exc}") from exc
+    frames, _ = audio_info(path)  # soundfile, or PyAV for compressed files (VoxCeleb2's .m4a)
     return min(frames, max_samples) if max_samples > 0 else frames
 
 
