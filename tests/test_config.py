@@ -126,7 +126,8 @@ def test_saved_config_round_trips(tmp_path):
 
 
 def test_shipped_configs_are_package_data_found_by_name():
-    assert shipped_configs() == ["demo", "eeg_demo", "image_demo", "small", "voxceleb_trainer"]
+    assert [n for n in shipped_configs() if "/" not in n] == ["demo", "eeg_demo", "image_demo", "small",
+                                                               "voxceleb_trainer"]  # voxceleb/*: test_recipes.py
     assert shipped_configs("presets") == ["reproducible", "speed"]
     for name in shipped_configs():
         assert find_config(name) == PACKAGE_CONFIGS / f"{name}.yaml" == find_config(f"{name}.yaml")

@@ -45,10 +45,10 @@ def _run(bin_dir: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_the_wheel_is_what_runs_and_holds_the_configs(installed: Path, tmp_path: Path) -> None:
     code = ("import voxfast, voxfast.config as c; print(voxfast.__file__); print(c.find_config('demo')); "
-            "print(c.find_preset('speed'))")
+            "print(c.find_preset('speed')); print(c.find_config('voxceleb/resnet34'))")  # a nested folder too
     out = subprocess.run([installed / "python", "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          check=True).stdout.split()
-    assert all(str(installed.parent) in line for line in out), out  # the package and both YAMLs come from the venv
+    assert all(str(installed.parent) in line for line in out), out  # the package and every YAML come from the venv
     assert not any(str(ROOT) in line for line in out)
 
 

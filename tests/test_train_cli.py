@@ -67,6 +67,29 @@ def test_unknown_preset_and_bad_profile_range_are_user_errors(tmp_path, capsys):
     assert "expected N:M with 1 <= N <= M" in capsys.readouterr().err
 
 
+def test_dry_run_prints_a_loadable_config_and_the_steps_the_run_takes(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--dry-run", *_args(corpus, out, "data.n_per_speaker=2", "train.epochs=1")]) == 0
+    printed = capsys.readouterr().out
+    assert not out.exists()  # nothing trained, nothing written
+    (tmp_path / "printed.yaml").write_text(printed)
+    cfg = load_config(tmp_path / "printed.yaml")
+    assert (cfg.head.name, cfg.train.micro_batch, cfg.data.n_per_speaker) == ("proto", 4, 2)  # small's head
+    notes = (line[2:].split(": ", 1) for line in printed.splitlines() if line.startswith("# "))
+    facts = {k: int(v.replace(",", "")) if v.replace(",", "").isdigit() else v for k, v in notes}
+    assert facts["speakers"] == 4 and facts["utterances"] == 24
+    task = SpeakerTask(cfg)
+    n_params = sum(p.numel() for p in task.build_model().parameters())
+    assert facts["embedder_parameters"] + facts["head_parameters"] == n_params
+    summary = Trainer(task, cfg.train, out).fit()
+    assert facts["steps_per_epoch"] == summary["steps"]
+
+
+def test_dry_run_of_a_recipe_before_its_data_exist(tmp_path, capsys):
+    assert main(["train", "--dry-run", "--config", "demo", f"data.train_list={tmp_path}/absent.txt"]) == 0
+    assert f"# steps_per_epoch: unknown until {tmp_path}/absent.txt exists" in capsys.readouterr().out
+
+
 def test_speaker_run_resumed_mid_epoch_matches_an_uninterrupted_one(corpus, tmp_path):
     """The real data path (sampler position, crop seeds, loader worker) continues exactly after a resume."""
     def trainer(out, *extra):

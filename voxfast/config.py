@@ -15,6 +15,7 @@ import types
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -108,6 +109,10 @@ class TrainConfig:
     log_every: int = 10  # optimizer steps between log lines (the only host syncs of the loop)
     checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints (0: at epoch ends only)
     keep_last: int = 3  # epoch checkpoints kept besides best.pt and last.pt (0 keeps all)
+    average_last: int = 0  # `voxfast recipe`: the model scored is the mean of the last N epoch checkpoints (0: last.pt)
+    # A checkpoint whose weights start this run (fine-tuning, a large-margin stage); optimizer, schedule and epoch
+    # count start afresh. The task decides what must match (speaker: the embedder; the head is kept if it fits).
+    init_from: str | None = None
     validate_every: int = 0  # epochs between validations on eval.trials (0: none); best.pt then follows the EER
     tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
     out_dir: str = "runs/demo"  # run folder: resolved config, checkpoints, scores, metrics
@@ -224,20 +229,41 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 
 def shipped_configs(folder: str = "") -> list[str]:
-    """Names of the configs shipped in the package (`folder="presets"`: the presets), sorted."""
+    """Names of the configs shipped in the package (`folder="presets"`: the presets), sorted.
+
+    Configs in subfolders are named by their path, `voxceleb/resnet34`, so a family of recipes shares a folder
+    without prefixing every file name. The presets folder holds partial configs, not recipes: it is listed only
+    by ``shipped_configs("presets")``, never as a config.
+    """
     root = _SHIPPED.joinpath(folder) if folder else _SHIPPED
-    return sorted(p.name.removesuffix(".yaml") for p in root.iterdir() if p.name.endswith(".yaml"))
+    return sorted(_yaml_names(root, "", () if folder else _NOT_RECIPES))
+
+
+def _yaml_names(root: Traversable, prefix: str, skip: Sequence[str]) -> list[str]:
+    """`prefix`-qualified stems of the .yaml files under `root`, at any depth, leaving out the folders in `skip`.
+
+    Walks importlib.resources traversables rather than paths, so names are found inside a zipped install too.
+    """
+    names = []
+    for entry in root.iterdir():
+        if entry.is_dir():
+            if entry.name not in skip and not entry.name.startswith(("_", ".")):  # __pycache__, editor folders
+                names += _yaml_names(entry, f"{prefix}{entry.name}/", ())
+        elif entry.name.endswith(".yaml"):
+            names.append(prefix + entry.name.removesuffix(".yaml"))
+    return names
 
 
 def find_config(name: str | Path) -> Path:
-    """A config file: an existing path, else the shipped config of that name (`demo` or `demo.yaml`).
+    """A config file: an existing path, else the shipped config of that name (`demo`, `demo.yaml`,
+    `voxceleb/resnet34`).
 
     Shipped configs are package data, so they are found after a plain `pip install` as well as in a checkout.
     """
     path = Path(name)
     if path.is_file():
         return path
-    shipped = _shipped_file("", str(name))
+    shipped = _shipped_file("", path.as_posix())
     if shipped is None:
         raise ConfigError(f"config file not found: {name} (pass an existing YAML file or the name of a shipped "
                           f"config: {', '.join(shipped_configs())})")
@@ -257,12 +283,18 @@ def find_preset(name: str | Path) -> Path:
 
 def _shipped_file(folder: str, name: str) -> Path | None:
     stem = name.removesuffix(".yaml")
-    if not stem or "/" in stem or stem not in shipped_configs(folder):
+    # Only listed names resolve, so `../x` or `presets/speed` can never reach a file outside the shipped set.
+    if not stem or stem not in shipped_configs(folder):
         return None
-    return Path(str((_SHIPPED.joinpath(folder) if folder else _SHIPPED).joinpath(f"{stem}.yaml")))
+    node = _SHIPPED.joinpath(folder) if folder else _SHIPPED
+    *dirs, last = stem.split("/")
+    for part in dirs:
+        node = node.joinpath(part)  # one part at a time: a traversable's joinpath need not accept "a/b"
+    return Path(str(node.joinpath(f"{last}.yaml")))
 
 
 _SHIPPED = importlib.resources.files("voxfast").joinpath("configs")  # package data: voxfast/configs/
+_NOT_RECIPES = ("presets",)  # subfolders of configs/ that are not named configs (see shipped_configs)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -455,6 +487,7 @@ def _check_values(cfg: Config) -> list[str]:
         "train.momentum": cfg.train.momentum,
         "train.checkpoint_every": cfg.train.checkpoint_every,
         "train.keep_last": cfg.train.keep_last,
+        "train.average_last": cfg.train.average_last,
         "train.validate_every": cfg.train.validate_every,
         "train.budget_minutes": cfg.train.budget_minutes,
         "eval.max_seconds": cfg.eval.max_seconds,
@@ -474,6 +507,9 @@ def _check_values(cfg: Config) -> list[str]:
     if cfg.eval.cohort > 0 and cfg.eval.crop_score == "mean_pairwise" and cfg.eval.mode == "crops":
         errors.append("eval.crop_score=mean_pairwise with eval.cohort: AS-norm scores unit vectors, so the crops' "
                       "mean would be renormalised; use eval.crop_score=mean_embedding with a cohort")
+    if 0 < cfg.train.keep_last < cfg.train.average_last:
+        errors.append(f"train.keep_last ({cfg.train.keep_last}) must keep the {cfg.train.average_last} epoch "
+                      "checkpoints train.average_last averages (raise it, or 0 keeps all)")
     if cfg.train.global_batch % cfg.train.micro_batch:
         errors.append(
             f"train.global_batch ({cfg.train.global_batch}) must be a multiple of train.micro_batch "

@@ -51,6 +51,22 @@ def train(cfg: Config, task: str = "speaker", resume: str | None = None, evaluat
     return ({**summary, **metrics} if info.is_main else None), status
 
 
+def dry_run(cfg: Config, task: str = "speaker") -> str:
+    """`voxfast train --dry-run`: the resolved config as YAML (presets and overrides applied, validated), then,
+    as YAML comments, what the task can tell without training: parameter counts and steps per epoch. A recipe is
+    checked this way before hours of GPU time are spent on it; nothing is trained or written.
+    """
+    import yaml
+
+    from voxfast.config import config_to_dict
+    from voxfast.tasks import task_class
+
+    facts = task_class(task).describe(cfg)
+    notes = [f"# {k}: {v:,}" if isinstance(v, int) else f"# {k}: {v}" for k, v in facts.items()]
+    shown = {k: v for k, v in config_to_dict(cfg).items() if k not in {"image", "eeg"} - {task}}  # other tasks'
+    return "\n".join([yaml.safe_dump(shown, sort_keys=False).rstrip(), *notes])
+
+
 def run_demo(config: str, data: str | Path, out: str | Path | None, overrides: list[str], presets: list[str]
              ) -> dict[str, Any]:
     """Generate the synthetic corpus if missing, train the demo model, score held-out speakers.

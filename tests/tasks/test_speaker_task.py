@@ -11,7 +11,9 @@ from voxfast.audio.store import pack_store
 from voxfast.config import load_config
 from voxfast.data.manifest import read_voxceleb_list
 from voxfast.data.synthetic import CorpusSpec, make_corpus
+from voxfast.errors import VoxfastError
 from voxfast.tasks.speaker import SpeakerTask
+from voxfast.train.checkpoint import load_checkpoint
 from voxfast.train.trainer import Trainer
 
 SPEC = CorpusSpec(seed=2, train_speakers=4, test_speakers=2, train_utts=4, test_utts=2, min_seconds=1.0,
@@ -179,3 +181,48 @@ def test_metric_heads_and_budgets_are_checked_in_the_config():
         load_config(None, ["eval.mode=crops", "eval.crop_score=mean_pairwise", "eval.cohort=10"])
     assert load_config(None, ["head.name=angleproto", "data.n_per_speaker=2", "train.micro_batch=8",
                               "train.global_batch=8"]).head.name == "angleproto"
+
+
+def _trained(corpus, tmp_path, name, *extra):
+    """A one-epoch run's last.pt (its weights differ from any fresh initialisation)."""
+    cfg = _cfg(corpus, tmp_path / name, *extra)
+    Trainer(SpeakerTask(cfg), cfg.train, tmp_path / name).fit()
+    return tmp_path / name / "checkpoints" / "last.pt"
+
+
+def _start(corpus, tmp_path, source, *extra):
+    cfg = _cfg(corpus, tmp_path / "next", f"train.init_from={source}", *extra)
+    return Trainer(SpeakerTask(cfg), cfg.train, tmp_path / "next").module.state_dict()
+
+
+def _same(a, b, prefix):
+    keys = [k for k in a if k.startswith(prefix)]
+    return bool(keys) and all(torch.equal(a[k], b[k]) for k in keys)
+
+
+def test_init_from_keeps_the_whole_model_for_the_same_speakers(corpus, tmp_path):
+    source = _trained(corpus, tmp_path, "first")
+    weights = load_checkpoint(source)["model"]
+    start = _start(corpus, tmp_path, source, "train.lr=1e-4")
+    assert _same(start, weights, "embedder.") and _same(start, weights, "head.")
+
+
+def test_init_from_a_speed_perturbed_run_keeps_the_rows_of_the_original_speed(corpus, tmp_path):
+    source = _trained(corpus, tmp_path, "sp", "augment.speed_perturb=true")
+    weights = load_checkpoint(source)["model"]
+    start = _start(corpus, tmp_path, source, "head.margin=0.5")
+    assert weights["head.weight"].shape[0] == 3 * start["head.weight"].shape[0]  # 4 speakers x 3 speeds
+    torch.testing.assert_close(start["head.weight"], weights["head.weight"][:4], rtol=0, atol=0)
+    assert _same(start, weights, "embedder.")
+
+
+def test_init_from_other_speakers_gets_a_new_head_and_a_wrong_model_is_refused(corpus, tmp_path):
+    other = tmp_path / "other_list.txt"
+    lines = (corpus / "train_list.txt").read_text().splitlines()
+    other.write_text("\n".join(f"x{line}" for line in lines) + "\n")  # same audio, renamed speakers
+    source = _trained(corpus, tmp_path, "first")
+    weights = load_checkpoint(source)["model"]
+    start = _start(corpus, tmp_path, source, f"data.train_list={other}", f"data.train_root={corpus}")
+    assert _same(start, weights, "embedder.") and not _same(start, weights, "head.")
+    with pytest.raises(VoxfastError, match=r"last.pt: its embedder does not fit model.name=resnetse34l"):
+        _start(corpus, tmp_path, source, "model.name=resnetse34l")

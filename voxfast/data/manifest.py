@@ -315,8 +315,9 @@ def _check_token(value: str, what: str) -> str:
     return value
 
 
-def _write_lines(path: StrPath, lines: Iterable[str]) -> None:
-    """Write lines atomically (temp file + rename), so an interrupted run never leaves a truncated list."""
+def write_lines(path: StrPath, lines: Iterable[str]) -> None:
+    """Write lines atomically (temp file in the same folder, fsync, rename), so an interrupted run never leaves a
+    truncated list and readers never see half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -324,6 +325,8 @@ def _write_lines(path: StrPath, lines: Iterable[str]) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for line in lines:
                 f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -342,7 +345,7 @@ def write_voxceleb_list(path: StrPath, utts: Iterable[Utterance], root: StrPath 
             rel = os.path.relpath(u.path, base)
             yield f"{_check_token(u.spk, 'speaker')} {_check_token(rel, 'path')}"
 
-    _write_lines(path, lines())
+    write_lines(path, lines())
 
 
 def write_trials(path: StrPath, trials: Sequence[Trial]) -> None:
@@ -359,7 +362,7 @@ def write_trials(path: StrPath, trials: Sequence[Trial]) -> None:
             raise VoxfastError(f"trial label must be 0 or 1, found {t.label!r} for {pair!r}")
         return f"{int(t.label)} {pair}"
 
-    _write_lines(path, (line(t) for t in trials))
+    write_lines(path, (line(t) for t in trials))
 
 
 def _pair(trial: Trial | tuple[str, str]) -> tuple[str, str]:
@@ -378,7 +381,7 @@ def write_scores(path: StrPath, trials: Sequence[Trial | tuple[str, str]], score
             enroll, test = _pair(trial)
             yield f"{_check_token(enroll, 'enroll id')} {_check_token(test, 'test id')} {score:.6f}"
 
-    _write_lines(path, lines())
+    write_lines(path, lines())
 
 
 def read_scores(path: StrPath) -> tuple[list[tuple[str, str]], np.ndarray]:

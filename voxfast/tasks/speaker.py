@@ -63,6 +63,23 @@ class HeadOutput(NamedTuple):
     target: torch.Tensor  # what each row's argmax should be: speaker labels, or positions in the batch
 
 
+def _under(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _first_rows(value: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
+    """`value` itself when it has `shape`, its first rows when it stacks whole copies of that shape, else None."""
+    if value.shape == shape:
+        return value
+    if value.ndim and value.shape[1:] == shape[1:] and shape[0] and value.shape[0] % shape[0] == 0:
+        return value[: shape[0]]
+    return None
+
+
+def _parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
 def build_embedder(cfg: Config) -> nn.Module:
     """The registered model; config fields left null keep the variant's published defaults."""
     chosen = {"n_mels": cfg.model.n_mels, "embed_dim": cfg.model.embed_dim, "pooling": cfg.model.pooling}
@@ -74,6 +91,8 @@ class SpeakerTask(Task):
 
     name = "speaker"
     best_metric = ("eer", "min")  # what best.pt follows when train.validate_every is set
+    # A user's own recordings are a small speaker set: the recipe measured best on real speech at that size.
+    default_config = "small"
 
     def __init__(self, cfg: Config, rank: int = 0, world: int = 1) -> None:
         self.cfg = cfg
@@ -107,6 +126,51 @@ class SpeakerTask(Task):
         """What a checkpoint needs beyond weights to rebuild the embedder without the training data."""
         return {"task": self.name, "config": config_to_dict(self.cfg),
                 "speakers": sorted(self.speakers, key=self.speakers.get)}
+
+    def initialise(self, model: nn.Module, checkpoint: dict[str, Any], source: str) -> str:
+        """train.init_from: the embedder must match exactly; the head is kept when the source trained the same
+        speakers, cut to its first rows when the source had speed-perturbed copies of them (rows s + k * n put
+        speed 1.0 first, the rows WeSpeaker's large-margin stage goes on from), and new otherwise (fine-tuning
+        on other speakers)."""
+        state = checkpoint["model"]
+        try:
+            model.embedder.load_state_dict(_under(state, "embedder."))
+        except RuntimeError as exc:
+            raise VoxfastError(f"{source}: its embedder does not fit model.name={self.cfg.model.name} "
+                               f"(train.init_from): {str(exc).splitlines()[0]}") from None
+        own = model.head.state_dict()
+        head = {k: _first_rows(v, own[k].shape) for k, v in _under(state, "head.").items() if k in own}
+        same = checkpoint.get("speakers") == sorted(self.speakers, key=self.speakers.get)
+        if same and head.keys() == own.keys() and all(v is not None for v in head.values()):
+            model.head.load_state_dict(head)
+            return f"initialised the embedder and the head from {source}"
+        return f"initialised the embedder from {source}; a new head for {self.dataset.n_classes} classes"
+
+    @classmethod
+    def describe(cls, cfg: Config) -> dict[str, Any]:
+        """Parameter counts of the embedder and the training head and, when the training list or store is there,
+        its size and the optimizer steps of one epoch in one process (the batches the sampler would cut).
+
+        A recipe is checked before its data exist, so a missing list is reported, not an error.
+        """
+        check_model(cfg.model.name, "speaker")
+        embedder = build_embedder(cfg)
+        info: dict[str, Any] = {"model": cfg.model.name, "embedder_parameters": _parameters(embedder)}
+        origin = cfg.data.store or cfg.data.train_list
+        if not Path(origin).exists():
+            info["steps_per_epoch"] = f"unknown until {origin} exists"
+            return info
+        speakers = list(PackedStore(cfg.data.store).speakers) if cfg.data.store else [
+            u.spk for u in read_utterances(cfg.data.train_list, cfg.data.train_root)]
+        names = {name: i for i, name in enumerate(sorted(set(speakers)))}
+        h = cfg.head
+        head = create_head(h.name, embedder.embed_dim, len(names), h.margin, h.scale, sub_centers=h.sub_centers,
+                           top_k=h.top_k, top_k_margin=h.top_k_margin, n_per_speaker=cfg.data.n_per_speaker)
+        batches = SpeakerBatchSampler([names[s] for s in speakers], cfg.train.micro_batch, cfg.data.n_per_speaker,
+                                      cfg.data.max_seg_per_spk, cfg.train.seed)
+        accumulation = max(cfg.train.global_batch // cfg.train.micro_batch, 1)
+        return {**info, "head_parameters": _parameters(head), "utterances": len(speakers), "speakers": len(names),
+                "steps_per_epoch": len(batches) // accumulation}
 
     @classmethod
     def make_demo_data(cls, out: str | Path, seed: int = 0, **options: Any) -> Path:

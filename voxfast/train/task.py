@@ -28,6 +28,8 @@ class Task(Protocol):
     name: ClassVar[str] = "task"  # the registry name, stored in checkpoints ("task") so loaders can check the kind
     # What best.pt follows when train.validate_every is set: a key of evaluate()'s result and "min" or "max".
     best_metric: ClassVar[tuple[str, str]] = ("loss", "min")
+    # The shipped config `voxfast train --task NAME` starts from without --config (None: the built-in defaults).
+    default_config: ClassVar[str | None] = None
 
     def build_model(self) -> nn.Module:
         """The module that is optimised (for a speaker task: embedding network plus margin head)."""
@@ -66,6 +68,22 @@ class Task(Protocol):
         """What a checkpoint needs beyond the weights to use the model without the training data (the config,
         class or speaker names, normalisation statistics); the trainer stores it in every checkpoint."""
         return {"task": self.name}
+
+    def initialise(self, model: nn.Module, checkpoint: dict[str, Any], source: str) -> str:
+        """Load a trained checkpoint's weights into the freshly built model (train.init_from); returns what was
+        loaded, for the log. The default demands the same layout; tasks with a per-dataset head override it."""
+        try:
+            model.load_state_dict(checkpoint["model"])
+        except RuntimeError as exc:
+            raise VoxfastError(f"{source}: its weights do not fit this model (train.init_from): "
+                               f"{str(exc).splitlines()[0]}") from None
+        return f"initialised every weight from {source}"
+
+    @classmethod
+    def describe(cls, cfg: Any) -> dict[str, Any]:
+        """What `voxfast train --dry-run` prints beside the config (parameter counts, steps per epoch), found
+        without training and without reading audio; the default has nothing to add."""
+        return {}
 
     @classmethod
     def make_demo_data(cls, out: str | Path, seed: int = 0, **options: Any) -> Path:

@@ -71,6 +71,8 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed)  # the same initial weights on every rank
         self.module = task.build_model().to(self.device)  # the plain module: what checkpoints hold
+        if cfg.init_from:  # a resume loads its own weights over these afterwards
+            log.info(task.initialise(self.module, load_checkpoint(cfg.init_from), cfg.init_from))
         if cfg.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
         self.model = self._wrap(self.module)  # what the forward runs: compiled, then DDP

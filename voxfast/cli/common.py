@@ -1,0 +1,61 @@
+"""What every sub-command module shares: the parser helpers and argument types."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+
+def command(sub: Any, name: str, func: Any, help: str, doc: Any = None, **kwargs: Any) -> argparse.ArgumentParser:
+    """A sub-command that runs `func`, described by the docstring of `doc` (the pipeline function), else func's."""
+    p = sub.add_parser(name, help=help, description=inspect.cleandoc((doc or func).__doc__ or ""), **kwargs)
+    p.set_defaults(func=func)
+    return p
+
+
+def add_bench_args(p: argparse.ArgumentParser, batch: int, device_help: str) -> None:
+    """The options every `bench-*` command shares."""
+    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--frames", type=int, default=200, help="crop length in frames (200 = 2 s)")
+    p.add_argument("--seconds", type=float, default=5.0, help="timed seconds per configuration")
+    p.add_argument("--device", default="auto", help=device_help)
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def add_config_args(p: argparse.ArgumentParser, default: str | None = None, default_help: str | None = None) -> None:
+    p.add_argument("--config", default=default, help="a YAML file or a shipped config's name (demo, small, "
+                   f"voxceleb_trainer, image_demo, eeg_demo); default: {default_help or default}")
+    p.add_argument("--preset", action="append", default=[], metavar="NAME_OR_YAML",
+                   help="settings laid over the config: a shipped preset (speed, reproducible) or a YAML file")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. train.lr=1e-3")
+
+
+def step_range(text: str) -> tuple[int, int]:
+    first, sep, last = text.partition(":")
+    try:
+        start, end = int(first), int(last)
+    except ValueError:
+        start = end = 0
+    if not sep or not 1 <= start <= end:
+        raise argparse.ArgumentTypeError(f"expected N:M with 1 <= N <= M (optimizer steps), got {text!r}")
+    return start, end
+
+
+def print_files(files: Sequence[tuple[str, str]], what: str) -> None:
+    """List (path, reason) pairs under a count, as the pack and extract summaries do."""
+    if files:
+        print(f"{len(files)} {what}:")
+        for path, reason in files:
+            print(f"  {path}: {reason}")
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated counts >= 0, e.g. 0,1,2,4, got {text!r}")
+    return values
