@@ -19,6 +19,7 @@ from voxfast import recipe as recipe_module
 from voxfast.cli import main
 from voxfast.data.synthetic import CorpusSpec, make_corpus
 from voxfast.errors import VoxfastError
+from voxfast.eval.embeddings import load_embeddings
 from voxfast.recipe import Recipe, run_recipe
 from voxfast.train.checkpoint import load_checkpoint
 
@@ -179,5 +180,10 @@ def test_under_torchrun_every_rank_trains_and_rank_0_alone_runs_the_other_stages
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("| own |") == 1  # the table, printed by rank 0 only
     assert load_checkpoint(out / "train" / "checkpoints" / "last.pt")["world"] == 2
+    shards = [load_embeddings(out / "embeddings" / f"test.rank{r}.npz")[0] for r in range(2)]
+    ids = load_embeddings(out / "embeddings" / "test.npz")[0]
+    assert shards[0] and shards[1] and ids == shards[0] + shards[1]  # each rank embedded half; rank 0 gathered
+    trials = (out / "data" / "own" / "trials.txt").read_text().splitlines()
+    assert set(ids) == {name for line in trials for name in line.split()[1:]}
     assert sorted(p.name for p in (out / "stages").iterdir()) == [
         f"{s}.json" for s in sorted(set(recipe_module.STAGES) - {"lm"})]

@@ -29,7 +29,7 @@ from voxfast.errors import VoxfastError
 log = logging.getLogger(__name__)
 
 STAGES = ("prepare", "pack", "train", "average", "lm", "extract", "score", "eval", "table")
-DISTRIBUTED = ("train", "lm")  # the stages every torchrun process runs (DDP); rank 0 alone runs the others
+DISTRIBUTED = ("train", "lm", "extract")  # what every torchrun process runs (DDP, shards); rank 0 runs the rest
 
 # What each shipped recipe's source reports (EER %, cleaned VoxCeleb1 lists where the source used them), for the
 # results table: the same protocol as the recipe's last stage (WeSpeaker: + large margin where run, + AS-norm).
@@ -282,23 +282,51 @@ def _fit(cfg: Config) -> Path:
 
 
 def _extract(recipe: Recipe) -> list[Path]:
-    """Embed every utterance of every trial list once (and the AS-norm cohort), with the recipe's eval protocol."""
+    """Embed every utterance of every trial list once (and the AS-norm cohort), with the recipe's eval protocol.
+
+    Under torchrun each rank embeds every world-th utterance on its own GPU into a shard; rank 0 waits for the
+    shards and gathers them into one table.
+    """
     cfg = recipe.config()
     folder = recipe.out / "embeddings"
     folder.mkdir(parents=True, exist_ok=True)
     names = sorted({path for trials in _trial_lists(recipe).values() for t in trials for path in (t.enroll, t.test)})
-    lists = {"test": names}
-    if cfg.eval.cohort > 0:
-        lists["cohort"] = _cohort_paths(cfg)
+    lists = {"test": names, **({"cohort": _cohort_paths(cfg)} if cfg.eval.cohort > 0 else {})}
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     opts = pipeline.ExtractOptions(cfg.eval.mode, cfg.eval.crops, cfg.eval.crop_seconds, cfg.eval.batch_seconds,
-                                   cfg.eval.max_seconds, recipe.workers, "auto", recipe.device)
-    outputs = []
+                                   cfg.eval.max_seconds, recipe.workers, "auto", _rank_device(recipe.device))
     for what, paths in lists.items():
-        listing = folder / f"{what}_list.txt"
-        listing.write_text("".join(f"- {p}\n" for p in paths))  # `speaker path`: the id is the path as written
-        pipeline.extract(str(recipe.model), str(listing), str(folder / f"{what}.npz"), None, opts)
-        outputs.append(folder / f"{what}.npz")
-    return outputs
+        shard = folder / (f"{what}.npz" if world == 1 else f"{what}.rank{rank}.npz")
+        listing = shard.with_suffix(".txt")
+        listing.write_text("".join(f"- {p}\n" for p in paths[rank::world]))  # `speaker path`: the id is the path
+        pipeline.extract(str(recipe.model), str(listing), str(shard), None, opts)
+        if world > 1:
+            shard.with_suffix(".done").touch()
+    if world > 1 and rank == 0:
+        for what in lists:
+            _gather(folder, what, world)
+    return [folder / f"{what}.npz" for what in lists] if rank == 0 else []
+
+
+def _rank_device(device: str) -> str:
+    """`auto` under torchrun on GPUs: this rank's GPU (LOCAL_RANK), as training uses it."""
+    import torch
+
+    if device == "auto" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
+        return f"cuda:{os.environ['LOCAL_RANK']}"
+    return device
+
+
+def _gather(folder: Path, what: str, world: int, poll: float = 2.0) -> None:
+    """Rank 0: wait for every rank's shard of this launch, then write the one table the score stage reads."""
+    from voxfast.eval.embeddings import load_embeddings, save_embeddings
+
+    done = [folder / f"{what}.rank{r}.done" for r in range(world)]
+    while not all(d.is_file() and d.stat().st_mtime >= _STARTED for d in done):
+        time.sleep(poll)
+    tables = [load_embeddings(folder / f"{what}.rank{r}.npz") for r in range(world)]
+    save_embeddings(folder / f"{what}.npz", [i for ids, _ in tables for i in ids],
+                    np.concatenate([emb for _, emb in tables]))
 
 
 def _cohort_paths(cfg: Config) -> list[str]:
