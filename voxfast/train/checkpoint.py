@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from voxfast.errors import VoxfastError
@@ -22,10 +24,15 @@ log = logging.getLogger(__name__)
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over the target."""
+    """Write to a temporary file in the same folder, fsync, then rename over the target.
+
+    The state must be tensors and plain Python values (checked), so every checkpoint loads with
+    ``torch.load(weights_only=True)``: loading one never runs code.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    _check_plain(state, "state")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one temp name per writer process
     with open(tmp, "wb") as f:
         torch.save(state, f)
         f.flush()
@@ -45,9 +52,39 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise VoxfastError(f"checkpoint not found: {path} (pass a .pt file from a run's checkpoints/ folder)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, OSError) as exc:
+        with torch.serialization.safe_globals(_NUMPY_DATA):  # arrays in checkpoints written before 2026-11-26
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))  # the object the file would import and call
+        if found is None:
+            raise VoxfastError(f"cannot load checkpoint {path}: not a checkpoint, or damaged (use another copy)"
+                               ) from None
+        raise VoxfastError(f"refusing to load checkpoint {path}: it needs {found.group(1)}, and voxfast loads only "
+                           "tensors and plain values (torch.load weights_only=True) so that a checkpoint can never "
+                           "run code; use a checkpoint written by voxfast, from a source you trust") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
         raise VoxfastError(f"cannot load checkpoint {path}: {exc} (the file is damaged; use an older one)") from exc
+
+
+# Data-only numpy globals (array and scalar reconstruction, dtypes): what older voxfast checkpoints pickled in
+# their RNG states. None of them calls anything but numpy's own constructors.
+_NUMPY_DATA = [np._core.multiarray._reconstruct, np._core.multiarray.scalar, np.ndarray, np.dtype,
+               *(type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFD")]
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Refuse (as a bug) anything but tensors, numbers, strings, bytes, None and lists / tuples / dicts of them."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_plain(k, where)
+            _check_plain(v, f"{where}[{k!r}]")
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]")
+    elif not isinstance(value, torch.Tensor | bool | int | float | str | bytes | type(None)) or isinstance(
+            value, np.generic):
+        raise TypeError(f"checkpoint {where} is a {type(value).__name__}: checkpoints hold only tensors and plain "
+                        "values (convert it before saving)")
 
 
 # --- retention -------------------------------------------------------------------------------------------------------
