@@ -60,11 +60,12 @@ def test_prune_keeps_epoch_010_over_epoch_009(tmp_path):
 def test_prune_keep_last_zero_keeps_all_but_removes_stale_tmp(tmp_path):
     _touch_epochs(tmp_path, range(1, 6))
     (tmp_path / ".epoch_006.pt.tmp").write_bytes(b"partial")
+    (tmp_path / ".epoch_007.pt.4242.tmp").write_bytes(b"partial")  # a writer's own temp name (its pid)
     (tmp_path / ".last.pt.tmp").write_bytes(b"partial")  # not an epoch write: not ours to judge
 
     deleted = prune_checkpoints(tmp_path, keep_last=0)
 
-    assert [p.name for p in deleted] == [".epoch_006.pt.tmp"]
+    assert sorted(p.name for p in deleted) == [".epoch_006.pt.tmp", ".epoch_007.pt.4242.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".last.pt.tmp"] + [f"epoch_{e:03d}.pt" for e in range(1, 6)]
 
 

@@ -90,7 +90,7 @@ def _check_plain(value: Any, where: str) -> None:
 # --- retention -------------------------------------------------------------------------------------------------------
 
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pt$")
-_EPOCH_TMP = re.compile(r"^\.epoch_(\d+)\.pt\.tmp$")
+_EPOCH_TMP = re.compile(r"^\.epoch_(\d+)\.pt\.(\d+\.)?tmp$")  # .epoch_N.pt.<writer pid>.tmp
 
 
 def _epoch_files(folder: Path) -> list[Path]:

@@ -594,7 +594,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def _link(target: Path, alias: Path) -> None:
     """Point `alias` at `target`'s file atomically: a hard link where the file system allows, else a copy."""
-    tmp = alias.with_name(f".{alias.name}.tmp")
+    tmp = alias.with_name(f".{alias.name}.{os.getpid()}.tmp")  # one temp name per writer process
     tmp.unlink(missing_ok=True)
     try:
         os.link(target, tmp)
