@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,24 @@ def test_unknown_config_names_list_the_shipped_ones(name, tmp_path, monkeypatch)
 def test_unknown_preset_lists_the_shipped_ones():
     with pytest.raises(ConfigError, match=r"unknown preset 'fast': choose one of \['reproducible', 'speed'\]"):
         load_config(None, [], ["fast"])
+
+
+@pytest.mark.parametrize("override", ["train.lr=inf", "train.warmup_epochs=nan", "head.scale=nan", "head.margin=-inf",
+                                      "train.budget_minutes=inf", "eval.crop_seconds=nan", "head.margin_ramp=[0,inf]",
+                                      "augment.noise_snr=[0,nan]"])
+def test_non_finite_values_are_rejected_with_their_path(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)}: must be finite"):
+        load_config(None, [override])
+
+
+def test_every_float_field_is_checked_for_finiteness():
+    """Walk the whole config: a NaN in any float field, of any section, is reported by its path."""
+    import dataclasses
+
+    cfg = load_config(None, [])
+    for section in dataclasses.fields(cfg):
+        for f in dataclasses.fields(getattr(cfg, section.name)):
+            if isinstance(getattr(getattr(cfg, section.name), f.name), float):
+                with pytest.raises(ConfigError, match=rf"{section.name}\.{f.name}: must be finite"):
+                    load_config(None, [f"{section.name}.{f.name}=nan"])

@@ -451,9 +451,23 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _non_finite(cfg: Config) -> list[str]:
+    """Every float field (and float in a list field) that is NaN or infinite, by its path: a range check such as
+    `v <= 0` is False for NaN, so without this a NaN learning rate trains to NaN weights with exit status 0."""
+    errors = []
+    for section in dataclasses.fields(cfg):
+        part = getattr(cfg, section.name)
+        for f in dataclasses.fields(part):
+            value = getattr(part, f.name)
+            values = value if isinstance(value, tuple | list) else (value,)
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                errors.append(f"{section.name}.{f.name}: must be finite, got {value}")
+    return errors
+
+
 def _check_values(cfg: Config) -> list[str]:
     """Range checks that types alone cannot express."""
-    errors = []
+    errors = _non_finite(cfg)
     positive = {
         "data.sample_rate": cfg.data.sample_rate,
         "data.num_frames": cfg.data.num_frames,
@@ -495,9 +509,6 @@ def _check_values(cfg: Config) -> list[str]:
         "head.margin": cfg.head.margin,
     }
     errors += [f"{k}: must be >= 0, got {v}" for k, v in non_negative.items() if v < 0]
-    if not math.isfinite(cfg.train.budget_minutes):
-        errors.append(f"train.budget_minutes: must be a finite number of minutes (0: no budget), got "
-                      f"{cfg.train.budget_minutes}")
     if cfg.head.name in ("proto", "angleproto", "softmaxproto", "ge2e") and (
             cfg.data.n_per_speaker < 2 or cfg.train.micro_batch % cfg.data.n_per_speaker
             or cfg.train.micro_batch < 2 * cfg.data.n_per_speaker):
