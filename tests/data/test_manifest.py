@@ -363,3 +363,19 @@ def test_score_file_errors(tmp_path, text, lineno, fragment):
 def test_missing_score_file(tmp_path):
     with pytest.raises(VoxfastError, match="score file not found"):
         read_scores(tmp_path / "scores.txt")
+
+
+def test_exact_duplicate_trials_are_counted_once_and_reported_with_their_lines(tmp_path, caplog):
+    path = tmp_path / "t.txt"
+    path.write_text("1 a.wav b.wav\n0 a.wav c.wav\n1 a.wav b.wav\n0 c.wav a.wav\n0 a.wav c.wav\n")
+    trials = read_trials(path)
+    assert [(t.enroll, t.test, t.label) for t in trials] == [("a.wav", "b.wav", 1), ("a.wav", "c.wav", 0),
+                                                             ("c.wav", "a.wav", 0)]  # the reversed pair is another
+    assert "2 exact duplicate trial(s) ignored, at lines 3 (= 1), 5 (= 2)" in caplog.text
+
+
+def test_a_pair_with_two_labels_is_an_error_naming_both_lines(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("1 a.wav b.wav\n0 a.wav c.wav\n0 a.wav b.wav\n")
+    with pytest.raises(ListFormatError, match=r"t.txt:3: this pair has label 0 here and 1 on line 1"):
+        read_trials(path)

@@ -208,3 +208,18 @@ def test_cosine_kernel_matches_the_numpy_reference_and_checks_indices():
     assert cosine_scores(emb, enroll[:0], test[:0]).shape == (0,)
     with pytest.raises(ValueError, match=r"test indices must lie in \[0, 300\)"):
         cosine_scores(emb, enroll[:2], np.array([0, 300]))
+
+
+@pytest.mark.parametrize(("ids", "row", "message"), [
+    (["a", "b", "a"], None, r"id 'a' appears more than once"),
+    (["a", "b", "c"], np.nan, r"the embedding of 'b' is not finite \(1 such row"),
+    (["a", "b", "c"], np.inf, r"the embedding of 'b' is not finite"),
+    (["a", "b", "c"], 0.0, r"the embedding of 'b' is all zeros"),
+])
+def test_embedding_tables_that_would_score_silently_wrong_are_refused(tmp_path, ids, row, message):
+    emb = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    if row is not None:
+        emb[1] = row
+    np.savez(tmp_path / "t.npz", ids=np.array(ids), emb=emb)  # written by hand: save_embeddings is not the only writer
+    with pytest.raises(VoxfastError, match=message):
+        load_embeddings(tmp_path / "t.npz")

@@ -17,6 +17,7 @@ Fields are separated by whitespace, so ids and paths cannot contain spaces.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from voxfast.errors import ListFormatError, VoxfastError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Trial",
@@ -291,17 +294,26 @@ def read_trials(path: StrPath) -> list[Trial]:
     """
     path = Path(path)
     fmt, first_line = "", 0
-    trials: list[Trial] = []
+    trials: dict[tuple[str, str], tuple[Trial, int]] = {}  # pair -> (trial, line), in file order
+    repeats: list[str] = []
     for lineno, fields in _lines(path, "trial file", _TRIAL_HINT):
         if not fmt:
             fmt, first_line = _detect_format(path, lineno, fields), lineno
         elif not _matches(fields, fmt):
             problem, fix = _mismatch_problem(fields, fmt, first_line)
             raise _line_error(path, lineno, problem, " ".join(fields), fix)
-        trials.append(_to_trial(fields, fmt))
+        trial = _to_trial(fields, fmt)
+        earlier = trials.setdefault((trial.enroll, trial.test), (trial, lineno))
+        if earlier[1] != lineno:
+            if earlier[0].label != trial.label:
+                raise _line_error(path, lineno, f"this pair has label {trial.label} here and {earlier[0].label} on "
+                                  f"line {earlier[1]}", " ".join(fields), "keep the right one and delete the other")
+            repeats.append(f"{lineno} (= {earlier[1]})")
     if not trials:
         raise VoxfastError(f"trial file has no trials: {path}; {_TRIAL_HINT}")
-    return trials
+    if repeats:  # counted once: a repeated trial would weigh twice in the EER
+        log.warning("%s: %d exact duplicate trial(s) ignored, at lines %s", path, len(repeats), ", ".join(repeats[:20]))
+    return [trial for trial, _ in trials.values()]
 
 
 # --------------------------------------------------------------------------------------------------

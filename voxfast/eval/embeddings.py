@@ -488,4 +488,20 @@ def load_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:
         raise VoxfastError(f"{path}: not a voxfast embedding file ({exc}); write one with `voxfast extract`") from exc
     if emb.ndim != 2 or len(ids) != emb.shape[0]:
         raise VoxfastError(f"{path}: {len(ids)} ids for embeddings of shape {emb.shape}")
+    _check_rows(path, ids, emb)
     return ids, emb
+
+
+def _check_rows(path: Path, ids: list[str], emb: np.ndarray) -> None:
+    """A table that would score silently wrong is refused: a repeated id (which row would a trial get?) or a row
+    that is zero or not finite (its cosine is NaN or 0 whatever the other side), each named."""
+    seen: set[str] = set()
+    repeated = next((u for u in ids if u in seen or seen.add(u)), None)
+    if repeated is not None:
+        raise VoxfastError(f"{path}: id {repeated!r} appears more than once; extract the table again")
+    norms = np.linalg.norm(emb.astype(np.float64), axis=1)
+    bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
+    if bad.size:
+        kind = "not finite" if not np.isfinite(norms[bad[0]]) else "all zeros"
+        raise VoxfastError(f"{path}: the embedding of {ids[bad[0]]!r} is {kind} ({bad.size} such row(s)); extract "
+                           "that utterance again, or check its audio")
