@@ -379,3 +379,21 @@ def test_a_pair_with_two_labels_is_an_error_naming_both_lines(tmp_path):
     path.write_text("1 a.wav b.wav\n0 a.wav c.wav\n0 a.wav b.wav\n")
     with pytest.raises(ListFormatError, match=r"t.txt:3: this pair has label 0 here and 1 on line 1"):
         read_trials(path)
+
+
+def test_lists_and_store_metadata_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from voxfast.fileio import atomic_text
+
+    old = os.umask(0o022)
+    try:
+        write_trials(tmp_path / "t.txt", [Trial("a.wav", "b.wav", 1)])
+        with atomic_text(tmp_path / "meta.json") as f:
+            f.write("{}")
+    finally:
+        os.umask(old)
+    for name in ("t.txt", "meta.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644  # not mkstemp's 0600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json", "t.txt"]  # no temp file left

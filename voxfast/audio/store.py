@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import tempfile
 import time
 import zlib
 from collections import Counter, deque
@@ -40,6 +39,7 @@ import soundfile as sf
 from voxfast.audio import av_decode
 from voxfast.audio.io import resample, to_float32, to_int16
 from voxfast.errors import AudioLoadError, VoxfastError
+from voxfast.fileio import atomic_text
 from voxfast.progress import progress_bar
 
 __all__ = ["STORE_FORMAT", "PackSummary", "PackedStore", "UtteranceLike", "is_store", "pack_store"]
@@ -449,16 +449,8 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    """Write via a synced temp file and rename, so a crash leaves the old file or the new one, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            _sync(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_text(path) as f:
+        f.write(text)
 
 
 def _file_size(path: Path) -> int:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from voxfast.errors import ListFormatError, VoxfastError
+from voxfast.fileio import atomic_text
 
 log = logging.getLogger(__name__)
 
@@ -328,21 +328,10 @@ def _check_token(value: str, what: str) -> str:
 
 
 def write_lines(path: StrPath, lines: Iterable[str]) -> None:
-    """Write lines atomically (temp file in the same folder, fsync, rename), so an interrupted run never leaves a
-    truncated list and readers never see half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for line in lines:
-                f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write lines atomically, so an interrupted run never leaves a truncated list and readers never see half."""
+    with atomic_text(path) as f:
+        for line in lines:
+            f.write(line + "\n")
 
 
 def write_voxceleb_list(path: StrPath, utts: Iterable[Utterance], root: StrPath | None = None) -> None:
