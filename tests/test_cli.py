@@ -184,3 +184,17 @@ def test_a_model_of_another_task_is_named_as_such(tmp_path, capsys):
                       capsys)  # the model is checked before the (missing) list is read
     assert "unknown model 'eegnet' for the speaker task (it is registered for the eeg task); available: " in err
     assert "resnetse_demo" in err and "(set model.name)" in err
+
+
+def test_overrides_may_stand_before_and_after_flags(capsys):
+    assert main(["train", "--config", "demo", "train.epochs=2", "--dry-run", "train.lr=1e-3", "head.margin=0.3"]) == 0
+    printed = capsys.readouterr().out
+    assert "epochs: 2\n" in printed and "lr: 0.001\n" in printed and "margin: 0.3\n" in printed
+
+
+def test_a_stray_argument_after_the_flags_is_still_refused(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "train.epochs=2", "--dry-run", "oops"])
+    assert info.value.code == 2 and "unrecognized arguments: oops" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["models", "train.lr=1e-3"])  # a command without overrides takes none
