@@ -175,7 +175,7 @@ def test_metric_heads_and_budgets_are_checked_in_the_config():
 
     with pytest.raises(ConfigError, match=r"head\.name=ge2e compares crops of a speaker"):
         load_config(None, ["head.name=ge2e", "data.n_per_speaker=1"])
-    with pytest.raises(ConfigError, match=r"train\.budget_minutes: must be a finite"):
+    with pytest.raises(ConfigError, match=r"train\.budget_minutes: must be finite"):
         load_config(None, ["train.budget_minutes=inf"])
     with pytest.raises(ConfigError, match=r"mean_pairwise with eval\.cohort"):
         load_config(None, ["eval.mode=crops", "eval.crop_score=mean_pairwise", "eval.cohort=10"])
@@ -226,3 +226,22 @@ def test_init_from_other_speakers_gets_a_new_head_and_a_wrong_model_is_refused(c
     assert _same(start, weights, "embedder.") and not _same(start, weights, "head.")
     with pytest.raises(VoxfastError, match=r"last.pt: its embedder does not fit model.name=resnetse34l"):
         _start(corpus, tmp_path, source, "model.name=resnetse34l")
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["model.name=resnetse34l"], r"model.name differs \(the checkpoint's run: resnetse_demo, this run: resnetse34l\)"),
+    (["model.embed_dim=32"], r"model.embed_dim differs \(the checkpoint's run: 16, this run: 32\)"),
+    (["LIST"], r"training speakers differs \(the checkpoint's run: 4, this run: 3\)"),
+])
+def test_resume_with_another_model_size_or_speaker_set_says_which(corpus, tmp_path, extra, message):
+    source = _trained(corpus, tmp_path, "first")
+    if "LIST" in extra:  # three of the four speakers
+        lines = (corpus / "train_list.txt").read_text().splitlines()
+        kept = [line for line in lines if line.split()[0] != lines[-1].split()[0]]
+        (tmp_path / "three.txt").write_text("\n".join(kept) + "\n")
+        extra = [f"data.train_list={tmp_path}/three.txt", f"data.train_root={corpus}", "train.micro_batch=3",
+                 "train.global_batch=3"]
+    cfg = _cfg(corpus, tmp_path / "again", *extra)
+    trainer = Trainer(SpeakerTask(cfg), cfg.train, tmp_path / "again")
+    with pytest.raises(VoxfastError, match=rf"cannot resume from .*last.pt: {message}; resume with the config"):
+        trainer.load(source)

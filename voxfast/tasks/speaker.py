@@ -146,6 +146,18 @@ class SpeakerTask(Task):
             return f"initialised the embedder and the head from {source}"
         return f"initialised the embedder from {source}; a new head for {self.dataset.n_classes} classes"
 
+    def resume_problem(self, checkpoint: dict[str, Any]) -> str | None:
+        """The first of model name, embedding size and speaker count that differs from the checkpoint's run."""
+        theirs = checkpoint.get("config", {}).get("model", {})
+        speakers = checkpoint.get("speakers")
+        checks = [("model.name", theirs.get("name"), self.cfg.model.name),
+                  ("model.embed_dim", theirs.get("embed_dim"), self.cfg.model.embed_dim),
+                  ("training speakers", None if speakers is None else len(speakers), len(self.speakers))]
+        for what, was, now in checks:
+            if was is not None and was != now:
+                return f"{what} differs (the checkpoint's run: {was}, this run: {now})"
+        return None
+
     @classmethod
     def describe(cls, cfg: Config) -> dict[str, Any]:
         """Parameter counts of the embedder and the training head and, when the training list or store is there,

@@ -79,6 +79,11 @@ class Task(Protocol):
                                f"{str(exc).splitlines()[0]}") from None
         return f"initialised every weight from {source}"
 
+    def resume_problem(self, checkpoint: dict[str, Any]) -> str | None:
+        """Why this run cannot continue from `checkpoint` (another model, size or label set), in the user's terms;
+        None lets the trainer try, and a layout mismatch is then reported from the weights themselves."""
+        return None
+
     @classmethod
     def describe(cls, cfg: Any) -> dict[str, Any]:
         """What `voxfast train --dry-run` prints beside the config (parameter counts, steps per epoch), found

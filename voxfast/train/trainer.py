@@ -416,7 +416,15 @@ class Trainer:
     def load(self, path: str | Path) -> None:
         """Continue exactly from a checkpoint written by :meth:`save` (weights, optimizer, position, RNG)."""
         state = load_checkpoint(path, self.device)
-        self.module.load_state_dict(state["model"])
+        problem = self.task.resume_problem(state)
+        try:
+            if problem is None:
+                self.module.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            problem = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        if problem is not None:
+            raise VoxfastError(f"cannot resume from {path}: {problem}; resume with the config the run started with, "
+                               "or start a new run (another train.out_dir; train.init_from=CKPT to fine-tune from it)")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = state["epoch"], state["step"]
