@@ -271,6 +271,22 @@ def test_verify_finds_a_flipped_byte(corpus: list[Utterance], tmp_path: Path) ->
     assert PackedStore(tmp_path / "st").verify() == [corpus[3].utt]
 
 
+def test_voxfast_pack_verify_reports_the_damaged_utterances(corpus: list[Utterance], tmp_path: Path, capsys) -> None:
+    from voxfast.cli import main
+
+    pack(corpus, tmp_path / "st")
+    assert main(["pack", "--verify", str(tmp_path / "st")]) == 0
+    assert f"{len(corpus)} of {len(corpus)} utterances intact" in capsys.readouterr().out
+    data = bytearray((tmp_path / "st" / "audio.bin").read_bytes())
+    data[int(PackedStore(tmp_path / "st").offsets[2]) * 2 + 11] ^= 0x10
+    (tmp_path / "st" / "audio.bin").write_bytes(bytes(data))
+    assert main(["pack", "--verify", str(tmp_path / "st")]) == 1
+    out = capsys.readouterr().out
+    assert f"{len(corpus) - 1} of {len(corpus)} utterances intact" in out and f"{corpus[2].utt}: CRC32 mismatch" in out
+    assert main(["pack", str(tmp_path / "st")]) == 2  # SOURCE without OUT
+    assert "needs SOURCE and OUT (or --verify STORE)" in capsys.readouterr().err
+
+
 def test_opening_an_incomplete_or_damaged_folder_says_how_to_fix(corpus: list[Utterance], tmp_path: Path) -> None:
     with pytest.raises(VoxfastError, match="voxfast pack") as exc:
         PackedStore(tmp_path / "nothing")

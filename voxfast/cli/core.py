@@ -11,6 +11,7 @@ from typing import Any
 from voxfast import pipeline
 from voxfast.cli.common import add_config_args, command, print_files, step_range
 from voxfast.config import load_config
+from voxfast.errors import VoxfastError
 from voxfast.tasks import TASKS, task_class
 
 
@@ -99,8 +100,10 @@ def add_commands(sub: Any) -> None:
                    help="with --checkpoint: override its config, e.g. eval.cohort=2000 eval.mode=crops")
 
     p = command(sub, "pack", _cmd_pack, doc=pipeline.pack, help="decode a list once into a memory-mapped store")
-    p.add_argument("source", help="VoxCeleb-style list, Kaldi data dir, or a folder of audio files (e.g. MUSAN, RIRs)")
-    p.add_argument("out", help="store folder (an interrupted pack into the same folder resumes)")
+    p.add_argument("source", nargs="?",
+                   help="VoxCeleb-style list, Kaldi data dir, or a folder of audio files (e.g. MUSAN, RIRs)")
+    p.add_argument("out", nargs="?", help="store folder (an interrupted pack into the same folder resumes)")
+    p.add_argument("--verify", metavar="STORE", help="instead: check every utterance of a store against its CRC32")
     p.add_argument("--root", help="folder the list's paths are relative to (default: the list's folder)")
     p.add_argument("--sample-rate", type=int, default=16000, help="files at other rates are resampled (default 16000)")
     p.add_argument("--dtype", choices=["int16", "float32"], default="int16",
@@ -180,11 +183,27 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_pack(args: argparse.Namespace) -> int:
+    if args.verify:
+        return _verify_store(args.verify)
+    if not (args.source and args.out):
+        raise VoxfastError("voxfast pack needs SOURCE and OUT (or --verify STORE)")
     summary = pipeline.pack(args.source, args.out, args.root, args.sample_rate, args.workers, args.dtype)
     print(f"packed {summary.packed} utterances ({summary.samples / args.sample_rate / 3600:.2f} h, "
           f"{summary.resumed} resumed) into {args.out} in {summary.seconds:.1f} s")
     print_files(summary.bad, f"file(s) could not be packed (also in {Path(args.out) / 'bad.tsv'})")
     return 0 if args.skip_bad or not summary.bad else 1
+
+
+def _verify_store(folder: str) -> int:
+    """Exit 1 and list the damaged utterances when any no longer matches the CRC32 written at packing."""
+    from voxfast.audio.store import PackedStore
+
+    store = PackedStore(folder)
+    damaged = store.verify()
+    print(f"{folder}: {len(store.utts) - len(damaged)} of {len(store.utts)} utterances intact")
+    print_files([(utt, "CRC32 mismatch") for utt in damaged], "damaged utterance(s) (repack them: delete the store "
+                "and run voxfast pack again)")
+    return 1 if damaged else 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
