@@ -290,8 +290,8 @@ def _extract(recipe: Recipe) -> list[Path]:
     cfg = recipe.config()
     folder = recipe.out / "embeddings"
     folder.mkdir(parents=True, exist_ok=True)
-    names = sorted({path for trials in _trial_lists(recipe).values() for t in trials for path in (t.enroll, t.test)})
-    lists = {"test": names, **({"cohort": _cohort_paths(cfg)} if cfg.eval.cohort > 0 else {})}
+    names = sorted({p for _, trials in _trial_lists(recipe).values() for t in trials for p in (t.enroll, t.test)})
+    lists = {"test": names, **({"cohort": _cohort(cfg)} if cfg.eval.cohort > 0 else {})}
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     opts = pipeline.ExtractOptions(cfg.eval.mode, cfg.eval.crops, cfg.eval.crop_seconds, cfg.eval.batch_seconds,
                                    cfg.eval.max_seconds, recipe.workers, "auto", _rank_device(recipe.device))
@@ -306,6 +306,12 @@ def _extract(recipe: Recipe) -> list[Path]:
         for what in lists:
             _gather(folder, what, world)
     return [folder / f"{what}.npz" for what in lists] if rank == 0 else []
+
+
+def _cohort(cfg: Config) -> list[str]:
+    from voxfast.tasks.speaker import cohort_paths
+
+    return [os.path.abspath(p) for p in cohort_paths(cfg)]
 
 
 def _rank_device(device: str) -> str:
@@ -329,33 +335,23 @@ def _gather(folder: Path, what: str, world: int, poll: float = 2.0) -> None:
                     np.concatenate([emb for _, emb in tables]))
 
 
-def _cohort_paths(cfg: Config) -> list[str]:
-    """eval.cohort training utterances, drawn with train.seed as the evaluation after training draws them."""
-    from voxfast.data.manifest import read_utterances
-
-    utts = read_utterances(cfg.data.train_list, cfg.data.train_root)
-    rng = np.random.default_rng(cfg.train.seed)
-    chosen = np.sort(rng.choice(len(utts), size=min(cfg.eval.cohort, len(utts)), replace=False))
-    return [os.path.abspath(utts[i].path) for i in chosen]
-
-
-def _trial_lists(recipe: Recipe) -> dict[str, list[Any]]:
-    """Each prepared trial list, its names made absolute (the table's ids), in the prepared order."""
+def _trial_lists(recipe: Recipe) -> dict[str, tuple[list[Any], list[Any]]]:
+    """Each prepared trial list as written and with its names made absolute (the table's ids), in prepared order."""
     from dataclasses import replace
 
     from voxfast.data.manifest import read_trials
 
     lists = {}
     for name, path in recipe.prepared()["trials"].items():
-        base = Path(path).parent
-        lists[name] = [replace(t, enroll=os.path.normpath(base / t.enroll), test=os.path.normpath(base / t.test))
-                       for t in read_trials(path)]
+        base, trials = Path(path).parent, read_trials(path)
+        lists[name] = (trials, [replace(t, enroll=os.path.normpath(base / t.enroll),
+                                        test=os.path.normpath(base / t.test)) for t in trials])
     return lists
 
 
 def _score(recipe: Recipe) -> list[Path]:
     """Cosine scores of each trial list, AS-normed against the cohort when the recipe has one."""
-    from voxfast.data.manifest import read_trials, write_scores
+    from voxfast.data.manifest import write_scores
     from voxfast.eval.embeddings import load_embeddings
     from voxfast.eval.scoring import score_trials_from_table
 
@@ -364,11 +360,11 @@ def _score(recipe: Recipe) -> list[Path]:
     ids, emb = load_embeddings(folder / "test.npz")
     cohort = load_embeddings(folder / "cohort.npz")[1] if cfg.eval.cohort > 0 else None
     outputs = []
-    for name, trials in _trial_lists(recipe).items():
-        scores = score_trials_from_table(trials, ids, emb, None, cohort, cfg.eval.top_n)
+    for name, (written, absolute) in _trial_lists(recipe).items():
+        scores = score_trials_from_table(absolute, ids, emb, None, cohort, cfg.eval.top_n)
         out = recipe.out / "scores" / f"{name}.txt"
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_scores(out, read_trials(recipe.prepared()["trials"][name]), scores)  # the names as the list has them
+        write_scores(out, written, scores)  # the names as the list has them
         outputs.append(out)
     return outputs
 

@@ -369,14 +369,20 @@ def _embed(embedder: nn.Module, cfg: Config, paths: Sequence[str], device: torch
 
 
 def _cohort_embeddings(embedder: nn.Module, cfg: Config, device: torch.device) -> np.ndarray:
-    """eval.cohort utterances of the training list (drawn with train.seed), embedded as the trials are."""
+    """The eval.cohort utterances, embedded as the trials are."""
+    return _embed(embedder, cfg, cohort_paths(cfg), device)
+
+
+def cohort_paths(cfg: Config) -> list[str]:
+    """eval.cohort utterances of the training list, drawn with train.seed (the evaluation after training and
+    `voxfast recipe` draw the same ones)."""
     if cfg.data.store and not Path(cfg.data.train_list).is_file():
         raise VoxfastError(f"eval.cohort draws its utterances from data.train_list ({cfg.data.train_list}), which "
                            "does not exist; a run from data.store needs the list too (or eval.cohort=0)")
     utts = read_utterances(cfg.data.train_list, cfg.data.train_root)
     rng = np.random.default_rng([cfg.train.seed % 2**32, 17])
     chosen = np.sort(rng.choice(len(utts), size=min(cfg.eval.cohort, len(utts)), replace=False))
-    return _embed(embedder, cfg, [utts[i].path for i in chosen], device)
+    return [utts[i].path for i in chosen]
 
 
 def load_embedder(path: str | Path, device: torch.device) -> tuple[nn.Module, Config]:
