@@ -271,6 +271,26 @@ def test_verify_finds_a_flipped_byte(corpus: list[Utterance], tmp_path: Path) ->
     assert PackedStore(tmp_path / "st").verify() == [corpus[3].utt]
 
 
+def test_a_crop_of_a_damaged_utterance_is_an_unreadable_file(corpus: list[Utterance], tmp_path: Path) -> None:
+    """A CRC mismatch met while training is an AudioLoadError (counted and skipped like an unreadable file),
+    checked once per utterance and process; intact utterances still crop."""
+    from voxfast.data.speaker import StoreSource
+    from voxfast.errors import AudioLoadError
+
+    pack(corpus, tmp_path / "st")
+    data = bytearray((tmp_path / "st" / "audio.bin").read_bytes())
+    data[int(PackedStore(tmp_path / "st").offsets[1]) * 2 + 7] ^= 0x01
+    (tmp_path / "st" / "audio.bin").write_bytes(bytes(data))
+    source = StoreSource(PackedStore(tmp_path / "st"))
+    rng = np.random.default_rng(0)
+    with pytest.raises(AudioLoadError, match=rf"utterance '{corpus[1].utt}' fails its CRC32 check.*--verify"):
+        source.random_crop(1, 100, rng)
+    with pytest.raises(AudioLoadError):
+        source.random_crop_int16(1, 100, rng)  # not remembered as good after failing
+    assert source.random_crop(0, 100, rng).shape == (100,)
+    assert source.store._checked.tolist() == [i == 0 for i in range(len(corpus))]
+
+
 def test_voxfast_pack_verify_reports_the_damaged_utterances(corpus: list[Utterance], tmp_path: Path, capsys) -> None:
     from voxfast.cli import main
 

@@ -245,3 +245,45 @@ def test_resume_with_another_model_size_or_speaker_set_says_which(corpus, tmp_pa
     trainer = Trainer(SpeakerTask(cfg), cfg.train, tmp_path / "again")
     with pytest.raises(VoxfastError, match=rf"cannot resume from .*last.pt: {message}; resume with the config"):
         trainer.load(source)
+
+
+def _train_list_lines(corpus):
+    return (corpus / "train_list.txt").read_text().splitlines()
+
+
+def test_a_store_with_a_shorter_train_list_trains_on_the_listed_utterances_only(corpus, tmp_path, caplog):
+    lines = _train_list_lines(corpus)
+    kept = [ln for ln in lines if not ln.endswith("000.wav")]  # every speaker's first utterance left out
+    (tmp_path / "part.txt").write_text("\n".join(kept) + "\n")
+    cfg = _cfg(corpus, tmp_path, f"data.store={corpus}/store", f"data.train_list={tmp_path}/part.txt",
+               f"data.train_root={corpus}")
+    with caplog.at_level(logging.INFO, logger="voxfast.tasks.speaker"):
+        task = SpeakerTask(cfg)
+    source = task.dataset.source
+    assert len(source) == len(kept) < len(source.store)
+    assert sorted(source.store.paths[i] for i in source.indices) == sorted(str(corpus / ln.split()[1]) for ln in kept)
+    assert source.speakers == [ln.split()[0] for ln in kept]
+    assert f"training on the {len(kept)} utterances of data.train_list" in caplog.text
+
+
+def test_a_store_with_its_own_list_or_no_list_trains_on_all_of_it(corpus, tmp_path, caplog):
+    same = SpeakerTask(_cfg(corpus, tmp_path, f"data.store={corpus}/store"))
+    assert same.dataset.source.indices is None and len(same.dataset.source) == len(_train_list_lines(corpus))
+    with caplog.at_level(logging.INFO, logger="voxfast.tasks.speaker"):
+        alone = SpeakerTask(_cfg(corpus, tmp_path, f"data.store={corpus}/store",
+                                 f"data.train_list={tmp_path}/absent.txt"))
+    assert alone.dataset.source.indices is None
+    assert "training on all" in caplog.text and "absent.txt does not exist" in caplog.text
+
+
+def test_a_train_list_naming_what_the_store_lacks_or_relabels_is_refused(corpus, tmp_path):
+    lines = _train_list_lines(corpus)
+    (tmp_path / "more.txt").write_text("\n".join(lines + ["newspk extra/utt.wav"]) + "\n")
+    with pytest.raises(VoxfastError, match=r"names 1 utterances that data.store .* does not hold.*voxfast pack"):
+        SpeakerTask(_cfg(corpus, tmp_path, f"data.store={corpus}/store", f"data.train_list={tmp_path}/more.txt",
+                         f"data.train_root={corpus}"))
+    spk, path = lines[0].split()
+    (tmp_path / "moved.txt").write_text("\n".join([f"other{spk} {path}"] + lines[1:]) + "\n")
+    with pytest.raises(VoxfastError, match=r"gives 1 utterances another speaker.*repack"):
+        SpeakerTask(_cfg(corpus, tmp_path, f"data.store={corpus}/store", f"data.train_list={tmp_path}/moved.txt",
+                         f"data.train_root={corpus}"))

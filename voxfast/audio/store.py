@@ -546,6 +546,7 @@ class PackedStore:
         self._check_consistent(meta)
         self._positions = {u: i for i, u in enumerate(self.utts)}
         self._mmap: np.ndarray | None = None
+        self._checked = np.zeros(len(self.utts), dtype=bool)  # utterances whose CRC32 this process has verified
 
     def _check_consistent(self, meta: dict[str, Any]) -> None:
         """Catch a truncated audio.bin or an edited index now, not as a wrong crop in the middle of training."""
@@ -633,7 +634,25 @@ class PackedStore:
 
     def verify(self) -> list[str]:
         """Ids of utterances whose samples no longer match their crc32 (empty when the store is intact)."""
-        return [utt for i, utt in enumerate(self.utts) if zlib.crc32(memoryview(self._segment(i))) != self.crcs[i]]
+        return [utt for i, utt in enumerate(self.utts) if not self._intact(i)]
+
+    def unpacked_paths(self) -> set[str]:
+        """Files of the packed list that could not be read when packing (bad.tsv), so a list naming them can tell
+        them from utterances the store never held."""
+        return {p for p, _ in _read_bad(self.path / BAD)}
+
+    def check(self, i: int) -> None:
+        """Raise AudioLoadError when utterance `i` fails its CRC32; each utterance is hashed once per process
+        (~14 us per second of int16 audio on the 2-core VM), so training pays for it on the first epoch only."""
+        if self._checked[i]:
+            return
+        if not self._intact(i):
+            raise AudioLoadError(f"{self.path}: utterance {self.utts[i]!r} fails its CRC32 check (the store is "
+                                 "damaged: `voxfast pack --verify STORE` lists every such utterance; repack them)")
+        self._checked[i] = True
+
+    def _intact(self, i: int) -> bool:
+        return zlib.crc32(memoryview(self._segment(i))) == self.crcs[i]
 
 
 def _float_copy(samples: np.ndarray) -> np.ndarray:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -108,26 +110,37 @@ class FileSource:
 
 
 class StoreSource:
-    """Crops sliced from a packed store: no decoding, and no conversion at all for int16 transport."""
+    """Crops sliced from a packed store: no decoding, and no conversion at all for int16 transport.
 
-    def __init__(self, store: PackedStore) -> None:
+    `indices` restricts it to those store positions (a training list naming part of the store): item i of the
+    source is store utterance indices[i]. Each utterance's samples are checked against their CRC32 the first time
+    this process reads them, so a damaged store is an unreadable file, counted and skipped, not silent noise.
+    """
+
+    def __init__(self, store: PackedStore, indices: np.ndarray | None = None) -> None:
         self.store = store
-        self.speakers = store.speakers
+        self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
+        self.speakers = store.speakers if self.indices is None else [store.speakers[i] for i in self.indices]
 
     def __len__(self) -> int:
-        return len(self.store)
+        return len(self.store) if self.indices is None else len(self.indices)
+
+    def _position(self, index: int) -> int:
+        position = index if self.indices is None else int(self.indices[index])
+        self.store.check(position)
+        return position
 
     def random_crop(self, index: int, num_samples: int, rng: np.random.Generator) -> np.ndarray:
-        return self.store.random_crop(index, num_samples, rng)
+        return self.store.random_crop(self._position(index), num_samples, rng)
 
     def random_crop_into(self, index: int, rng: np.random.Generator, out: np.ndarray) -> np.ndarray:
         """:meth:`random_crop` of len(out) samples written into `out` (float32): one pass, no temporary array."""
-        return to_float32(self.store.random_crop_raw(index, len(out), rng), out)
+        return to_float32(self.store.random_crop_raw(self._position(index), len(out), rng), out)
 
     def random_crop_int16(self, index: int, num_samples: int, rng: np.random.Generator) -> np.ndarray:
         if self.store.dtype != "int16":
             raise ValueError(f"store {self.store.path} holds {self.store.dtype}, not int16")  # set up by the caller
-        return self.store.random_crop_raw(index, num_samples, rng)
+        return self.store.random_crop_raw(self._position(index), num_samples, rng)
 
 
 class BatchRing:
@@ -142,6 +155,7 @@ class BatchRing:
     """
 
     def __init__(self, slots: int, batch: int, num_samples: int, dtype: torch.dtype) -> None:
+        _check_ring_room(slots * batch * num_samples * dtype.itemsize, slots, batch, num_samples)
         self.buffer = torch.zeros((slots, batch, num_samples), dtype=dtype).share_memory_()
         self._view: np.ndarray | None = None
 
@@ -168,6 +182,39 @@ class BatchRing:
 
     def __getstate__(self) -> dict[str, Any]:
         return {"buffer": self.buffer, "_view": None}  # the tensor travels as a shared-memory handle
+
+
+def _check_ring_room(nbytes: int, slots: int, batch: int, num_samples: int) -> None:
+    """Refuse a ring that cannot be allocated, before allocating it: a huge data.num_workers or
+    data.prefetch_factor would otherwise die in the middle of zero-filling shared memory (SIGBUS) or swap."""
+    free = min(_free_bytes("/dev/shm"), _available_memory())
+    if nbytes > 0.8 * free:
+        raise VoxfastError(
+            f"the batch ring needs {nbytes / 2**30:.2f} GiB of shared memory ({slots} slots = data.num_workers x "
+            f"data.prefetch_factor + the micro-batches a step keeps + 2, each {batch} crops of {num_samples} "
+            f"samples) but {free / 2**30:.2f} GiB is free: lower data.num_workers, data.prefetch_factor or "
+            "train.micro_batch")
+
+
+def _free_bytes(folder: str) -> float:
+    """Space left in `folder` (where torch puts shared memory on Linux); unlimited where there is no such folder."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return math.inf
+    return st.f_bavail * st.f_frsize
+
+
+def _available_memory() -> float:
+    """MemAvailable of /proc/meminfo in bytes; unlimited where the kernel does not say."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return math.inf
 
 
 class CropKey(NamedTuple):

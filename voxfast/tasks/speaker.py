@@ -290,10 +290,50 @@ def _training_source(cfg: Config) -> tuple[CropSource, list[str], str]:
         if store.sample_rate != cfg.data.sample_rate:
             raise VoxfastError(f"{cfg.data.store}: packed at {store.sample_rate} Hz but data.sample_rate is "
                                f"{cfg.data.sample_rate} (repack, or set data.sample_rate)")
-        return StoreSource(store), list(store.speakers), cfg.data.store
+        source = StoreSource(store, _store_subset(store, cfg))
+        return source, list(source.speakers), cfg.data.store
     utts = read_utterances(cfg.data.train_list, cfg.data.train_root)
     source = FileSource([u.path for u in utts], cfg.data.sample_rate, cfg.data.resample)
     return source, [u.spk for u in utts], cfg.data.train_list
+
+
+def _store_subset(store: PackedStore, cfg: Config) -> np.ndarray | None:
+    """The store positions of data.train_list's utterances, None for the whole store.
+
+    A store may hold more than the list asks for (packed from a bigger list, or the list was trimmed since);
+    training on all of it without a word would train on data the user removed. A missing list means the
+    whole store, and the log says so.
+    """
+    listed = Path(cfg.data.train_list)
+    if not listed.exists():
+        log.info("data.store: training on all %d utterances of %s (data.train_list %s does not exist)",
+                 len(store), store.path, listed)
+        return None
+    utts = read_utterances(listed, cfg.data.train_root)
+    unpacked = store.unpacked_paths()
+    skipped = [u for u in utts if u.utt not in store and u.path in unpacked]
+    if skipped:
+        log.warning("data.train_list %s: %d utterances were unreadable when %s was packed (its bad.tsv); "
+                    "training without them", listed, len(skipped), store.path)
+        utts = [u for u in utts if u.utt in store or u.path not in unpacked]
+    missing = [u.utt for u in utts if u.utt not in store]
+    if missing:
+        raise VoxfastError(f"data.train_list {listed} names {len(missing)} utterances that data.store {store.path} "
+                           f"does not hold (first: {missing[0]!r}): pack the list into a store of its own "
+                           f"(`voxfast pack {listed} NEW_STORE`) or set data.train_list to the list the store was "
+                           "packed from")
+    positions = np.array([store.index_of(u.utt) for u in utts], dtype=np.int64)
+    relabelled = [u for u, i in zip(utts, positions, strict=True) if store.speakers[i] != u.spk]
+    if relabelled:
+        u = relabelled[0]
+        raise VoxfastError(f"data.train_list {listed} gives {len(relabelled)} utterances another speaker than "
+                           f"data.store {store.path} (first: {u.utt!r} is {u.spk!r} in the list, "
+                           f"{store.speakers[store.index_of(u.utt)]!r} in the store): repack the store from the list")
+    if len(positions) == len(store) and np.array_equal(positions, np.arange(len(store))):
+        return None
+    log.info("data.store: training on the %d utterances of data.train_list %s, %d of the %d in %s",
+             len(positions), listed, len(np.unique(positions)), len(store), store.path)
+    return positions
 
 
 def _ring(cfg: Config, source: CropSource, augment_on_cpu: bool, world: int) -> BatchRing:
