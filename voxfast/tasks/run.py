@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
 from voxfast.config import Config, save_config
 from voxfast.tasks import build_task
 from voxfast.train.checkpoint import record_validation
-from voxfast.train.distributed import env_info
+from voxfast.train.distributed import DistInfo, env_info
+from voxfast.train.lock import run_folder_lock
 from voxfast.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -21,6 +23,12 @@ def train_and_score(cfg: Config, out: Path, resume: str | None = None, evaluate:
     The EER threshold of the final evaluation is stored in last.pt, for `voxfast.load(...).verify`.
     """
     info = env_info()
+    with run_folder_lock(out) if info.is_main else contextlib.nullcontext():
+        return _train_and_score(cfg, out, info, resume, evaluate, profile, task_name)
+
+
+def _train_and_score(cfg: Config, out: Path, info: DistInfo, resume: str | None, evaluate: bool,
+                     profile: tuple[int, int] | None, task_name: str) -> tuple[dict, dict]:
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")

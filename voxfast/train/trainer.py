@@ -39,6 +39,7 @@ from voxfast.runtime import autocast_for, configure_backends, resolve_precision,
 from voxfast.train.budget import BudgetClock
 from voxfast.train.checkpoint import BestTracker, load_checkpoint, prune_checkpoints, save_checkpoint
 from voxfast.train.distributed import DistInfo, any_rank, rank_device
+from voxfast.train.lock import run_folder_lock
 from voxfast.train.optim import build_optimizer, step_skipping_nonfinite
 from voxfast.train.schedule import lr_factor, peak_lr
 from voxfast.train.task import Task
@@ -118,7 +119,13 @@ class Trainer:
     # ------------------------------------------------------------------------------------------- loop
 
     def fit(self, max_steps: int | None = None) -> dict[str, Any]:
-        """Train to `cfg.epochs` (or `max_steps` more steps); returns throughput, counts and how it ended."""
+        """Train to `cfg.epochs` (or `max_steps` more steps); returns throughput, counts and how it ended.
+
+        Rank 0 holds the run folder's lock meanwhile: a second run into the same folder is refused."""
+        with run_folder_lock(self.out_dir) if self.dist.is_main else contextlib.nullcontext():
+            return self._fit(max_steps)
+
+    def _fit(self, max_steps: int | None) -> dict[str, Any]:
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._tb = _tensorboard(self.out_dir) if self.cfg.tensorboard else None
