@@ -198,3 +198,40 @@ def test_a_stray_argument_after_the_flags_is_still_refused(capsys):
     assert info.value.code == 2 and "unrecognized arguments: oops" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["models", "train.lr=1e-3"])  # a command without overrides takes none
+
+
+@pytest.mark.parametrize("argv", [
+    ["extract", "{missing}", "{missing}", "--out", "{file}"],
+    ["score", "{missing}", "--embeddings", "{missing}", "--out", "{file}"],
+    ["average-checkpoints", "{missing}", "--out", "{file}"],
+    ["export", "{missing}", "--out", "{file}"],
+    ["tune", "--out", "{file}"],
+])
+def test_an_existing_out_file_is_refused_before_any_work(tmp_path, capsys, argv):
+    """The inputs do not exist: the --out error comes first, so nothing was read or computed."""
+    (tmp_path / "there.txt").write_text("last week's results\n")
+    args = [a.format(missing=tmp_path / "absent", file=tmp_path / "there.txt") for a in argv]
+    assert main(args) == 2
+    assert f"--out {tmp_path / 'there.txt'} exists; choose another path, or add --overwrite" in capsys.readouterr().err
+    assert main([*args[:-2], "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path} is a folder; name the file to write" in capsys.readouterr().err
+    assert (tmp_path / "there.txt").read_text() == "last week's results\n"
+
+
+def test_a_run_folder_with_checkpoints_needs_resume_and_folders_must_not_be_files(tmp_path, capsys):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last.pt").write_bytes(b"")
+    assert main(["train", f"train.out_dir={tmp_path / 'run'}"]) == 2
+    assert "train.out_dir " + str(tmp_path / "run") + " already holds a run (checkpoints/); --resume auto continues" \
+        in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    for argv in (["recipe", "small", "--data", str(tmp_path), "--out", str(tmp_path / "file")],
+                 ["prepare", "own", str(tmp_path), str(tmp_path / "file")],
+                 ["pack", str(tmp_path / "absent.txt"), str(tmp_path / "file")],
+                 ["demo", "--out", str(tmp_path / "file")]):
+        assert main(argv) == 2, argv
+        assert f"{tmp_path / 'file'} is a file, not a folder" in capsys.readouterr().err
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"\xff\xd8")
+    assert main(["pack", str(tmp_path / "absent.txt"), str(tmp_path / "photos")]) == 2
+    assert "is a folder of other files, not a store" in capsys.readouterr().err

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from voxfast.cli.common import add_bench_args, add_config_args, command, int_list
+from voxfast.cli.common import add_bench_args, add_config_args, check_out_file, command, int_list
 from voxfast.config import load_config
 from voxfast.tasks import TASKS
 
@@ -58,6 +58,7 @@ def add_commands(sub: Any) -> None:
     p = command(sub, "tune", _cmd_tune, help="find the micro-batch and loader workers for this machine")
     add_config_args(p, default="demo")
     p.add_argument("--out", required=True, metavar="TUNED.yaml", help="config to write, with the two choices")
+    p.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
     p.add_argument("--max-micro", type=int, default=1024, help="largest micro-batch to try (default 1024)")
     p.add_argument("--workers", type=int_list, metavar="0,1,2,4",
                    help="loader worker counts to time (default: 0,1,2,4,8 up to the number of cores)")
@@ -120,6 +121,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     """
     from voxfast.bench.tune import format_tune, tune_to_file
 
+    check_out_file(args.out, args.overwrite)
     cfg = load_config(args.config, args.overrides, args.preset)
     result = tune_to_file(cfg, args.out, args.max_micro, args.workers, args.batches)
     print(format_tune(result, args.out))

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import inspect
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+from voxfast.errors import VoxfastError
 
 
 def command(sub: Any, name: str, func: Any, help: str, doc: Any = None, **kwargs: Any) -> argparse.ArgumentParser:
@@ -59,3 +62,37 @@ def int_list(text: str) -> list[int]:
     if not values or min(values) < 0:
         raise argparse.ArgumentTypeError(f"expected comma-separated counts >= 0, e.g. 0,1,2,4, got {text!r}")
     return values
+
+
+def add_out_file_args(p: argparse.ArgumentParser, help: str, required: bool = True, default: str | None = None) -> None:
+    """`--out FILE` with `--overwrite`: a command that writes one file never replaces one silently."""
+    p.add_argument("--out", required=required, default=default, help=help)
+    p.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
+
+
+def check_out_file(path: str | None, overwrite: bool) -> None:
+    """Refuse, before any work starts, an --out that names a folder, or a file that exists (without --overwrite):
+    an hour of extraction should not end in IsADirectoryError, nor replace last week's table unasked."""
+    if path is None:
+        return
+    out = Path(path)
+    if out.is_dir():
+        raise VoxfastError(f"--out {out} is a folder; name the file to write")
+    if out.exists() and not overwrite:
+        raise VoxfastError(f"--out {out} exists; choose another path, or add --overwrite to replace it")
+
+
+def check_out_folder(path: str | Path, flag: str = "--out") -> None:
+    """Refuse a run or data folder that names a file (the folder commands resume into an existing folder)."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise VoxfastError(f"{flag} {path} is a file, not a folder; name a new folder (or the folder of the run to "
+                           "resume)")
+
+
+def check_new_run(out: str | Path, resume: str | None, flag: str) -> None:
+    """A run folder that already holds checkpoints is continued with --resume, never trained over afresh (the new
+    run would replace its last.pt and best.pt)."""
+    check_out_folder(out, flag)
+    if resume is None and any((Path(out) / "checkpoints").glob("*.pt")):
+        raise VoxfastError(f"{flag} {out} already holds a run (checkpoints/); --resume auto continues it, another "
+                           f"{flag} starts a new one")

@@ -9,7 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from voxfast import pipeline
-from voxfast.cli.common import add_config_args, command, print_files, step_range
+from voxfast.cli.common import (
+    add_config_args,
+    add_out_file_args,
+    check_new_run,
+    check_out_file,
+    check_out_folder,
+    command,
+    print_files,
+    step_range,
+)
 from voxfast.config import load_config
 from voxfast.errors import VoxfastError
 from voxfast.tasks import TASKS, task_class
@@ -31,7 +40,7 @@ def add_commands(sub: Any) -> None:
     p = command(sub, "average-checkpoints", _cmd_average, help="average the weights of the last N epoch checkpoints")
     p.add_argument("source", nargs="+", help="a run folder (or its checkpoints/ folder), or .pt files to average")
     p.add_argument("--last", type=int, help="how many of the newest epoch checkpoints of a run folder")
-    p.add_argument("--out", required=True, help="the averaged checkpoint to write")
+    add_out_file_args(p, "the averaged checkpoint to write")
 
     p = command(sub, "demo", _cmd_demo, doc=pipeline.run_demo, help="synthetic corpus, training, EER in minutes")
     add_config_args(p, default="demo")
@@ -53,7 +62,8 @@ def add_commands(sub: Any) -> None:
                  help="embed every utterance of a list, folder or trial list into one file")
     p.add_argument("checkpoint", help="a .pt file from a run's checkpoints/ folder")
     p.add_argument("source", help="training list, Kaldi data dir, folder of audio files, or trial list")
-    p.add_argument("--out", required=True, help="embedding file to write (.npz, keyed by utterance id)")
+    add_out_file_args(p, "embedding file to write (.npz, keyed by utterance id); an interrupted run resumes from "
+                      "OUT.partial/")
     p.add_argument("--root", help="folder the source's paths are relative to (default: the list's folder)")
     p.add_argument("--mode", choices=["full", "crops"], default="full",
                    help="full: whole utterances batched by length; crops: mean of --crops evenly spaced crops")
@@ -82,7 +92,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--mean", metavar="EMB.npz|cohort",
                    help="subtract the mean of this embedding table (`cohort`: of the --cohort table) before scoring")
     p.add_argument("--top-n", type=int, default=300, help="AS-norm: top cohort scores per utterance (default 300)")
-    p.add_argument("--out", default="scores.txt", help="score file, lines `enroll test score` (default: scores.txt)")
+    add_out_file_args(p, "score file, lines `enroll test score` (default: scores.txt)", False, "scores.txt")
 
     p = command(sub, "eval", _cmd_eval, doc=pipeline.evaluate, help="EER and minDCF of a score file or a checkpoint")
     p.add_argument("scores", nargs="?", help="score file with lines `enroll test score` (or give --checkpoint)")
@@ -114,7 +124,7 @@ def add_commands(sub: Any) -> None:
     p = command(sub, "export", _cmd_export, help="export a checkpoint's embedding network")
     p.add_argument("checkpoint", help="a .pt file from a run's checkpoints/ folder")
     p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
-    p.add_argument("--out", help="output file (default: the checkpoint's name with .ts or .onnx)")
+    add_out_file_args(p, "output file (default: the checkpoint's name with .ts or .onnx)", False)
 
     p = command(sub, "models", _cmd_models, help="list the registered model names")
 
@@ -126,6 +136,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(pipeline.dry_run(cfg, args.task))
         return 0
+    check_new_run(cfg.train.out_dir, args.resume, "train.out_dir")
     report, status = pipeline.train(cfg, args.task, args.resume, not args.no_eval, args.profile)
     if report is not None:
         print(json.dumps(report, indent=2))
@@ -133,6 +144,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.out:
+        check_new_run(args.out, None, "--out")
     report = pipeline.run_demo(args.config, args.data, args.out, args.overrides, args.preset)
     print(pipeline.format_demo(report, report["out_dir"]))
     return 0
@@ -142,6 +155,7 @@ def _cmd_average(args: argparse.Namespace) -> int:
     """Average the weights of checkpoints (WeSpeaker's recipe: the last N epochs), for a steadier model."""
     from voxfast.train.checkpoint import run_average
 
+    check_out_file(args.out, args.overwrite)
     print(run_average(args.source[0] if len(args.source) == 1 else args.source, args.last, args.out))
     return 0
 
@@ -149,6 +163,7 @@ def _cmd_average(args: argparse.Namespace) -> int:
 def _cmd_make_data(args: argparse.Namespace) -> int:
     names = ("train_speakers", "test_speakers", "train_utts", "test_utts", "workers")
     options = {k: getattr(args, k) for k in names} if args.task == "speaker" else {}
+    check_out_folder(args.out, "OUT")
     start = time.perf_counter()
     path = pipeline.make_demo_data(args.task, args.out, args.seed, **options)
     print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s: train on {path}")
@@ -158,6 +173,7 @@ def _cmd_make_data(args: argparse.Namespace) -> int:
 def _cmd_extract(args: argparse.Namespace) -> int:
     opts = pipeline.ExtractOptions(args.mode, args.crops, args.crop_seconds, args.batch_seconds, args.max_seconds,
                           args.workers, args.precision, args.device)
+    check_out_file(args.out, args.overwrite)
     start = time.perf_counter()
     summary = pipeline.extract(args.checkpoint, args.source, args.out, args.root, opts)
     print(f"wrote {summary.written} embeddings ({summary.dim}-d, {summary.resumed} from an interrupted run) to "
@@ -167,6 +183,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
+    check_out_file(args.out, args.overwrite)
     norm = pipeline.Normalisation(args.cohort, args.cohort_list, args.speaker_means, args.mean, args.top_n)
     n, m = pipeline.score(args.trials, args.out, args.embeddings, args.checkpoint, args.root, args.device, norm)
     print(f"wrote {n} scores to {args.out}")
@@ -187,11 +204,22 @@ def _cmd_pack(args: argparse.Namespace) -> int:
         return _verify_store(args.verify)
     if not (args.source and args.out):
         raise VoxfastError("voxfast pack needs SOURCE and OUT (or --verify STORE)")
+    _check_pack_folder(Path(args.out))
     summary = pipeline.pack(args.source, args.out, args.root, args.sample_rate, args.workers, args.dtype)
     print(f"packed {summary.packed} utterances ({summary.samples / args.sample_rate / 3600:.2f} h, "
           f"{summary.resumed} resumed) into {args.out} in {summary.seconds:.1f} s")
     print_files(summary.bad, f"file(s) could not be packed (also in {Path(args.out) / 'bad.tsv'})")
     return 0 if args.skip_bad or not summary.bad else 1
+
+
+def _check_pack_folder(out: Path) -> None:
+    """OUT is a new folder, an empty one, a store (reused when it holds the same list) or a pack in progress
+    (resumed); a folder of other files is refused rather than filled with a store's files."""
+    from voxfast.audio.store import INDEX, is_store
+
+    check_out_folder(out, "OUT")
+    if out.is_dir() and any(out.iterdir()) and not (is_store(out) or (out / INDEX).exists()):
+        raise VoxfastError(f"OUT {out} is a folder of other files, not a store; pack into a new or empty folder")
 
 
 def _verify_store(folder: str) -> int:
@@ -208,7 +236,9 @@ def _verify_store(folder: str) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     """Write the embedding network (waveform in, embedding out; dynamic batch and length), checked against eager."""
-    out, diff = pipeline.export(args.checkpoint, args.format, args.out)
+    out = args.out or str(Path(args.checkpoint).with_suffix(".ts" if args.format == "torchscript" else ".onnx"))
+    check_out_file(out, args.overwrite)
+    out, diff = pipeline.export(args.checkpoint, args.format, out)
     print(f"wrote {out} ({args.format}); max |export - eager| on a new length: {diff:.2e}")
     return 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from voxfast.cli.common import command
+from voxfast.cli.common import check_out_folder, command
 from voxfast.prepare import CommonOptions, PrepareResult, augment_data, own, voxceleb
 from voxfast.prepare.augment_data import RIR_SETS, AugmentDataOptions, prepare_musan, prepare_rirs
 from voxfast.prepare.own import OwnOptions, prepare_own
@@ -96,6 +96,7 @@ def _add_own(kinds: Any) -> None:
 
 
 def _common(args: argparse.Namespace) -> CommonOptions:
+    check_out_folder(args.out, "OUT")  # every KIND calls this first, before reading SRC
     return CommonOptions(tuple(args.checksums), args.checksum_root, args.allow_missing)
 
 

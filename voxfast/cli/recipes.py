@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from voxfast.cli.common import command
+from voxfast.cli.common import check_out_folder, command
 
 
 def add_commands(sub: Any) -> None:
@@ -32,6 +32,7 @@ def add_commands(sub: Any) -> None:
 def _cmd_recipe(args: argparse.Namespace) -> int:
     from voxfast.recipe import Recipe, format_results, run_recipe
 
+    check_out_folder(args.out)
     spec = Recipe(args.name, args.data, args.out, args.overrides, args.preset, args.workers, args.device)
     result = run_recipe(spec, args.stages, args.start)
     if result:
