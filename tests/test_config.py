@@ -176,3 +176,24 @@ def test_every_float_field_is_checked_for_finiteness():
             if isinstance(getattr(getattr(cfg, section.name), f.name), float):
                 with pytest.raises(ConfigError, match=rf"{section.name}\.{f.name}: must be finite"):
                     load_config(None, [f"{section.name}.{f.name}=nan"])
+
+
+@pytest.mark.parametrize("override", ["data.num_workers=2000", "data.prefetch_factor=1000", "train.micro_batch=100000",
+                                      "data.num_frames=100000", "eval.crops=5000", "eval.batch_seconds=1e9"])
+def test_counts_and_sizes_that_allocate_memory_have_a_ceiling(override):
+    key = override.split("=")[0]
+    extra = ["train.global_batch=100000"] if key == "train.micro_batch" else []
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)}: must be at most \d+ \(.+\), got"):
+        load_config(None, [override, *extra])
+
+
+def test_a_batch_ring_larger_than_free_memory_is_refused_before_allocation():
+    """1e5 slots of 256 x 32,240 float32 samples is 3 TB: refused by size, not by the kernel mid-allocation."""
+    import torch
+
+    from voxfast.data.speaker import BatchRing
+    from voxfast.errors import VoxfastError
+
+    with pytest.raises(VoxfastError, match=r"batch ring needs 3\d{3}\.\d\d GiB .* lower data.num_workers"):
+        BatchRing(100_000, 256, 32_240, torch.float32)
+    assert BatchRing(4, 2, 100, torch.float32).slots == 4

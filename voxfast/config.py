@@ -302,9 +302,15 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path} (pass an existing YAML file or a shipped config name, "
                           "e.g. demo)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes())  # bytes: YAML decodes UTF-8/16 itself, bad bytes are a YAMLError
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested deeper than Python's stack") from None
+    # Scalars that YAML's resolvers match but its constructors cannot build: 2024-02-30, an int of 5000 digits,
+    # `!!timestamp x` (an AttributeError inside PyYAML).
+    except (ValueError, AttributeError) as exc:
+        raise ConfigError(f"{path}: a value YAML cannot read ({exc}); quote it to keep it a string") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -422,7 +428,10 @@ def _coerce_scalar(value: Any, tp: Any) -> tuple[bool, Any]:
         return _parse(value, int) if isinstance(value, _OverrideText) else (False, None)
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True, float(value)
+            try:
+                return True, float(value)
+            except OverflowError:  # an int beyond float's range is infinite, as the same digits typed as text are
+                return True, math.inf if value > 0 else -math.inf
         # Any string, not only command-line text: YAML 1.1 reads `1e-3` (no dot) as a string.
         return _parse(value, float) if isinstance(value, str) else (False, None)
     if tp is str:
@@ -465,6 +474,23 @@ def _non_finite(cfg: Config) -> list[str]:
     return errors
 
 
+def _bounded(cfg: Config) -> dict[str, tuple[float, int, str]]:
+    """Counts and sizes that set how much memory is allocated at start, with a ceiling far above any real
+    setting: a typo such as num_workers=2000 is refused here instead of forking 2000 processes or filling
+    shared memory. (The batch ring also checks its size against the free memory before allocating it.)"""
+    c = cfg
+    return {
+        "data.num_workers": (c.data.num_workers, 256, "one process each"),
+        "data.prefetch_factor": (c.data.prefetch_factor, 64, "batches held per worker"),
+        "data.num_frames": (c.data.num_frames, 6000, "a 60 s training crop"),
+        "train.micro_batch": (c.train.micro_batch, 16384, "crops in one forward pass"),
+        "train.global_batch": (c.train.global_batch, 2**20, "crops per optimizer step"),
+        "train.threads": (c.train.threads, 1024, "CPU threads"),
+        "eval.crops": (c.eval.crops, 1000, "crops per utterance in one batch"),
+        "eval.batch_seconds": (c.eval.batch_seconds, 36000, "audio seconds in one embedding batch"),
+    }
+
+
 def _check_values(cfg: Config) -> list[str]:
     """Range checks that types alone cannot express."""
     errors = _non_finite(cfg)
@@ -473,6 +499,7 @@ def _check_values(cfg: Config) -> list[str]:
         "data.num_frames": cfg.data.num_frames,
         "data.n_per_speaker": cfg.data.n_per_speaker,
         "data.max_consecutive_failures": cfg.data.max_consecutive_failures,
+        "data.prefetch_factor": cfg.data.prefetch_factor,
         "model.n_mels": cfg.model.n_mels or 1,
         "model.embed_dim": cfg.model.embed_dim or 1,
         "train.epochs": cfg.train.epochs,
@@ -509,6 +536,7 @@ def _check_values(cfg: Config) -> list[str]:
         "head.margin": cfg.head.margin,
     }
     errors += [f"{k}: must be >= 0, got {v}" for k, v in non_negative.items() if v < 0]
+    errors += [f"{k}: must be at most {hi} ({why}), got {v}" for k, (v, hi, why) in _bounded(cfg).items() if v > hi]
     if cfg.head.name in ("proto", "angleproto", "softmaxproto", "ge2e") and (
             cfg.data.n_per_speaker < 2 or cfg.train.micro_batch % cfg.data.n_per_speaker
             or cfg.train.micro_batch < 2 * cfg.data.n_per_speaker):
@@ -521,7 +549,7 @@ def _check_values(cfg: Config) -> list[str]:
     if 0 < cfg.train.keep_last < cfg.train.average_last:
         errors.append(f"train.keep_last ({cfg.train.keep_last}) must keep the {cfg.train.average_last} epoch "
                       "checkpoints train.average_last averages (raise it, or 0 keeps all)")
-    if cfg.train.global_batch % cfg.train.micro_batch:
+    if cfg.train.micro_batch > 0 and cfg.train.global_batch % cfg.train.micro_batch:  # <= 0: reported above
         errors.append(
             f"train.global_batch ({cfg.train.global_batch}) must be a multiple of train.micro_batch "
             f"({cfg.train.micro_batch}); accumulation steps are global_batch / micro_batch"
@@ -529,7 +557,7 @@ def _check_values(cfg: Config) -> list[str]:
     if cfg.head.margin_ramp is not None and not 0 <= cfg.head.margin_ramp[0] <= cfg.head.margin_ramp[1]:
         errors.append(f"head.margin_ramp: expected [start, end] epochs with 0 <= start <= end, got "
                       f"{list(cfg.head.margin_ramp)}")
-    if cfg.train.micro_batch % cfg.data.n_per_speaker:
+    if cfg.data.n_per_speaker > 0 and cfg.train.micro_batch % cfg.data.n_per_speaker:  # <= 0: reported above
         errors.append(f"train.micro_batch ({cfg.train.micro_batch}) must be a multiple of data.n_per_speaker "
                       f"({cfg.data.n_per_speaker})")
     errors += _check_augment(cfg.augment)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -397,3 +398,11 @@ def test_lists_and_store_metadata_get_normal_permissions(tmp_path):
     for name in ("t.txt", "meta.json"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644  # not mkstemp's 0600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json", "t.txt"]  # no temp file left
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1e400"])
+def test_a_non_finite_score_names_its_line(tmp_path, value):
+    path = tmp_path / "scores.txt"
+    path.write_text(f"a b 0.5\na c {value}\n")
+    with pytest.raises(ListFormatError, match=rf"scores.txt:2: score is not finite: '{re.escape(value)}'"):
+        read_scores(path)

@@ -278,12 +278,12 @@ def test_a_store_with_its_own_list_or_no_list_trains_on_all_of_it(corpus, tmp_pa
 
 def test_a_train_list_naming_what_the_store_lacks_or_relabels_is_refused(corpus, tmp_path):
     lines = _train_list_lines(corpus)
-    (tmp_path / "more.txt").write_text("\n".join(lines + ["newspk extra/utt.wav"]) + "\n")
+    (tmp_path / "more.txt").write_text("\n".join([*lines, "newspk extra/utt.wav"]) + "\n")
     with pytest.raises(VoxfastError, match=r"names 1 utterances that data.store .* does not hold.*voxfast pack"):
         SpeakerTask(_cfg(corpus, tmp_path, f"data.store={corpus}/store", f"data.train_list={tmp_path}/more.txt",
                          f"data.train_root={corpus}"))
     spk, path = lines[0].split()
-    (tmp_path / "moved.txt").write_text("\n".join([f"other{spk} {path}"] + lines[1:]) + "\n")
+    (tmp_path / "moved.txt").write_text("\n".join([f"other{spk} {path}", *lines[1:]]) + "\n")
     with pytest.raises(VoxfastError, match=r"gives 1 utterances another speaker.*repack"):
         SpeakerTask(_cfg(corpus, tmp_path, f"data.store={corpus}/store", f"data.train_list={tmp_path}/moved.txt",
                          f"data.train_root={corpus}"))

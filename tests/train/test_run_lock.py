@@ -30,9 +30,8 @@ def test_a_second_run_into_a_locked_folder_is_refused_naming_the_holders_pid(tmp
     proc = _holder(tmp_path / "run")
     try:
         with pytest.raises(VoxfastError, match=rf"run is in use by another run \(PID {proc.pid} on .*another "
-                                               r"train.out_dir"):
-            with run_folder_lock(tmp_path / "run"):
-                pass
+                                               r"train.out_dir"), run_folder_lock(tmp_path / "run"):
+            pass
         cfg = toy_config()
         trainer = Trainer(ToyTask(cfg.micro_batch, cfg.global_batch), cfg, tmp_path / "run")
         with pytest.raises(VoxfastError, match=f"PID {proc.pid}"):
@@ -48,9 +47,8 @@ def test_the_lock_of_a_killed_run_is_taken_over_and_the_takeover_logged(tmp_path
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert f"PID {proc.pid}" in (tmp_path / "run" / LOCK_NAME).read_text()  # left behind
-    with caplog.at_level(logging.WARNING, logger="voxfast.train.lock"):
-        with run_folder_lock(tmp_path / "run"):
-            assert f"PID {os.getpid()}" in (tmp_path / "run" / LOCK_NAME).read_text()
+    with caplog.at_level(logging.WARNING, logger="voxfast.train.lock"), run_folder_lock(tmp_path / "run"):
+        assert f"PID {os.getpid()}" in (tmp_path / "run" / LOCK_NAME).read_text()
     assert f"took over the run lock left by PID {proc.pid}" in caplog.text
     assert (tmp_path / "run" / LOCK_NAME).read_text() == ""  # a clean release empties it
 

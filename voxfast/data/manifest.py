@@ -18,6 +18,7 @@ Fields are separated by whitespace, so ids and paths cannot contain spaces.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -392,7 +393,7 @@ def read_scores(path: StrPath) -> tuple[list[tuple[str, str]], np.ndarray]:
 
     Raises:
         VoxfastError: the file is missing or empty.
-        ListFormatError: a line without 3 columns or with a score that is not a number.
+        ListFormatError: a line without 3 columns or with a score that is not a finite number.
     """
     path = Path(path)
     pairs: list[tuple[str, str]] = []
@@ -403,9 +404,13 @@ def read_scores(path: StrPath) -> tuple[list[tuple[str, str]], np.ndarray]:
                 path, lineno, f"expected 3 columns 'enroll test score', found {len(fields)}", " ".join(fields)
             )
         try:
-            values.append(float(fields[2]))
+            value = float(fields[2])
         except ValueError:
             raise _line_error(path, lineno, f"score is not a number: {fields[2]!r}", " ".join(fields)) from None
+        if not math.isfinite(value):  # a NaN sorts anywhere: the EER would depend on where it landed
+            raise _line_error(path, lineno, f"score is not finite: {fields[2]!r}", " ".join(fields),
+                              "rescore: the model or the embeddings produced a non-finite value")
+        values.append(value)
         pairs.append((fields[0], fields[1]))
     if not pairs:
         raise VoxfastError(f"score file has no scores: {path}; run scoring first or pass an existing score file")
