@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from voxfast.audio.io import audio_info, read_audio, resample
 from voxfast.errors import VoxfastError
+from voxfast.eval.embeddings import check_sample_rate, check_waveform, pad_to_minimum
 from voxfast.runtime import resolve_device
 from voxfast.train.checkpoint import load_checkpoint
 
@@ -43,12 +44,21 @@ class SpeakerModel:
     def embed(self, audio: Audio | Sequence[Audio], sr: int | None = None) -> np.ndarray:
         """L2-normalised float32 embedding (D,) of a file or waveform; (N, D) for a list of them.
 
-        Waveforms are 1-D float arrays at `sr` Hz (default: the model's rate); files are read whole and
-        resampled when their rate differs.
+        Waveforms are 1-D arrays of real numbers at `sr` Hz (default: the model's rate; int16 is taken as PCM);
+        files are read whole and resampled when their rate differs. Anything else (NaN, complex, strings, an empty
+        or 2-D array, a non-integer `sr`) is a VoxfastError saying what is wrong. Audio shorter than the front
+        end's minimum (voxfast.eval.embeddings.MIN_SAMPLES) is repeat-padded to it, as `voxfast extract` does.
         """
+        if sr is not None:
+            sr = check_sample_rate(sr)
         if isinstance(audio, list | tuple):
-            return np.stack([self.embed(a, sr) for a in audio]) if audio else np.zeros((0, 0), np.float32)
-        wave = torch.from_numpy(self._waveform(audio, sr)).to(self.device)
+            if not audio:
+                return np.zeros((0, 0), np.float32)
+            return np.stack([self._embed_one(a, sr, f"audio[{i}]") for i, a in enumerate(audio)])
+        return self._embed_one(audio, sr, "waveform")
+
+    def _embed_one(self, audio: Audio, sr: int | None, what: str) -> np.ndarray:
+        wave = torch.from_numpy(pad_to_minimum(self._waveform(audio, sr, what))).to(self.device)
         with torch.inference_mode():
             emb = self.embedder(wave[None])
         return F.normalize(emb.float(), dim=1)[0].cpu().numpy()
@@ -65,14 +75,12 @@ class SpeakerModel:
                                "(`voxfast eval --checkpoint CKPT --trials T`) or pass threshold=")
         return self.score(a, b, sr) >= threshold
 
-    def _waveform(self, audio: Audio, sr: int | None) -> np.ndarray:
+    def _waveform(self, audio: Audio, sr: int | None, what: str) -> np.ndarray:
+        """float32 samples at the model's rate; files are checked by the reader (AudioLoadError naming them)."""
         if isinstance(audio, str | Path):
             rate = audio_info(audio)[1]
             return resample(read_audio(audio), rate, self.sample_rate)
-        wave = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
-        if wave.ndim != 1 or wave.size == 0:
-            raise VoxfastError(f"expected a non-empty 1-D waveform, got an array of shape {wave.shape}")
-        return resample(wave.astype(np.float32, copy=False), sr or self.sample_rate, self.sample_rate)
+        return resample(check_waveform(audio, what), sr or self.sample_rate, self.sample_rate)
 
 
 def load(checkpoint: str | Path, device: str = "auto") -> SpeakerModel:

@@ -20,12 +20,49 @@ from voxfast.errors import VoxfastError
 
 def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     """`auto` is the first GPU when there is one, else the CPU; under torchrun (`local_rank` given) `auto` and
-    `cuda` mean GPU LOCAL_RANK."""
+    `cuda` mean GPU LOCAL_RANK.
+
+    The one place a device string is checked (`voxfast.load`, extraction, training and the benchmarks all come
+    here): a typo or a GPU this process cannot see fails now, naming the string and the fix, instead of as a
+    torch error deep inside the first forward pass or checkpoint load.
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and local_rank is not None:
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise VoxfastError(f"unknown device {name!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type == "cuda":
+        if device.index is None and local_rank is not None:
+            device = torch.device("cuda", local_rank)
+        _check_cuda(name, device, local_rank)
+    elif device.type != "cpu" and not _is_current_accelerator(device):
+        raise VoxfastError(f"device {name!r} is not available: this torch sees no {device.type} device; use "
+                           "device='cpu' or 'auto'")
+    return device
+
+
+def _check_cuda(name: str, device: torch.device, local_rank: int | None) -> None:
+    """A CUDA device this process can use, or why not: no CUDA in this torch build, no GPU visible, or an index
+    past the visible ones (under torchrun: more processes per node than GPUs)."""
+    if not torch.cuda.is_available():
+        why = ("this torch build has no CUDA support" if torch.version.cuda is None
+               else "this torch sees no GPU (check the driver and CUDA_VISIBLE_DEVICES)")
+        raise VoxfastError(f"device {name!r} is not available: {why}; use device='cpu' or 'auto'")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        fix = (f"start torchrun with --nproc-per-node at most {count}" if local_rank is not None
+               and device.index == local_rank else f"use cuda:0 to cuda:{count - 1}, 'cuda' or 'auto'")
+        raise VoxfastError(f"device {name!r} is not available: this machine shows {count} GPU(s) and "
+                           f"{device} is past them; {fix}")
+
+
+def _is_current_accelerator(device: torch.device) -> bool:
+    """Whether another accelerator type (mps, xpu...) is the one this torch build can use."""
+    if not torch.accelerator.is_available():
+        return False
+    current = torch.accelerator.current_accelerator()
+    return current is not None and current.type == device.type
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

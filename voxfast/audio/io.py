@@ -45,13 +45,24 @@ def find_audio_files(folder: Path | str) -> list[Path]:
 
 def audio_info(path: str | Path) -> tuple[int, int]:
     """(frames, sample rate) of any file voxfast reads, from its header (no decoding), or AudioLoadError."""
-    if av_decode.is_pyav_file(path):
-        return av_decode.info(path)
     try:
+        if av_decode.is_pyav_file(path):
+            return av_decode.info(path)
         info = sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise AudioLoadError(f"cannot read audio {path}: {exc}") from exc
+    except (sf.LibsndfileError, RuntimeError, OSError, AudioLoadError) as exc:
+        raise _read_error(path, exc) from exc
     return info.frames, info.samplerate
+
+
+def _read_error(path: str | Path, exc: Exception) -> AudioLoadError:
+    """The AudioLoadError for a failed open or read: "not found" when the path does not exist (libsndfile's own
+    words for that are "System error"), else the reader's reason, naming the file either way.
+
+    The path is looked at only after a failure, so the reads that succeed (every training crop) pay no extra stat.
+    """
+    if not Path(path).exists():
+        return AudioLoadError(f"cannot read audio {path}: file not found")
+    return AudioLoadError(str(exc) if isinstance(exc, AudioLoadError) else f"cannot read audio {path}: {exc}")
 
 
 def read_audio(path: str | Path, start: int = 0, frames: int = -1, sample_rate: int | None = None) -> np.ndarray:
@@ -68,8 +79,8 @@ def read_audio(path: str | Path, start: int = 0, frames: int = -1, sample_rate: 
                 data, rate = to_float32(wav.read(start, wav.frames if frames < 0 else frames)), wav.samplerate
         else:
             data, rate = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise AudioLoadError(f"cannot read audio {path}: {exc}") from exc
+    except (sf.LibsndfileError, RuntimeError, OSError, AudioLoadError) as exc:
+        raise _read_error(path, exc) from exc
     return _validated(path, data, rate, sample_rate)
 
 
@@ -101,8 +112,8 @@ def read_random_crop(
             data, rate = _pyav_crop(path, num_samples, rng, sample_rate, resample_mismatch)
         else:
             data, rate = _soundfile_crop(path, num_samples, rng, sample_rate, resample_mismatch, dtype)
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise AudioLoadError(f"cannot read audio {path}: {exc}") from exc
+    except (sf.LibsndfileError, RuntimeError, OSError, AudioLoadError) as exc:
+        raise _read_error(path, exc) from exc
     if dtype == "native" and data.dtype == np.int16 and data.shape[1] > 1:
         data = to_float32(data)  # the downmix of int16 would round: average in float, as the float32 read does
     if sample_rate is not None and rate != sample_rate and resample_mismatch:

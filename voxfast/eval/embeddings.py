@@ -17,6 +17,10 @@ utterance, both batched:
   cosine over all N x N crop pairs. voxceleb_trainer scores the mean Euclidean distance over those pairs of unit
   vectors, sqrt(2 - 2 cos) averaged, a close variant that needs all N vectors per utterance.
 
+In ``full`` mode (and in ``voxfast.load(...).embed``) utterances shorter than :data:`MIN_SAMPLES` (a third of a
+second) are repeat-padded up to it, so one very short file embeds like the others instead of failing the whole run;
+``crops`` pads every utterance to the crop length anyway.
+
 A DataLoader reads and pads the next batches in worker processes while the model runs.
 """
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import numbers
 import os
 import shutil
 import time
@@ -39,13 +44,68 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from voxfast.audio.io import AUDIO_SUFFIXES, AUDIO_SUFFIXES_TEXT, audio_info, find_audio_files, read_audio
+from voxfast.audio.features import crop_samples
+from voxfast.audio.io import AUDIO_SUFFIXES, AUDIO_SUFFIXES_TEXT, audio_info, find_audio_files, read_audio, to_float32
 from voxfast.data.manifest import read_trials, read_utterances
 from voxfast.errors import AudioLoadError, VoxfastError
 from voxfast.progress import progress_bar
 from voxfast.runtime import autocast_for
 
 log = logging.getLogger(__name__)
+
+# The shortest input every registered speaker embedder is given: 32 Kaldi fbank frames (400 + 31 x 160 = 5,360
+# samples, 0.34 s at 16 kHz; the log-mel front end makes 34 frames of it). The hard limits are lower: log-mel's
+# reflect padding fails below 257 samples and Kaldi fbank (resnet34, se_resnet34, ECAPA) below one 400-sample
+# window. But one frame is no utterance: Kaldi CMN turns it into all zeros, and the ResNets halve time three times
+# before the pooling, so 32 frames are what leave their mean and standard deviation 4 steps to work on.
+MIN_FRAMES = 32
+MIN_SAMPLES = crop_samples(MIN_FRAMES)
+
+
+# ------------------------------------------------------------------------------------------------- input checks
+
+
+def check_waveform(wave: object, what: str = "waveform") -> np.ndarray:
+    """`wave` (a numpy array, torch tensor or sequence of numbers) as a 1-D float32 array, or a VoxfastError that
+    says what is wrong with it: not 1-D, empty, not real numbers (strings, objects, complex), NaN or infinite.
+
+    Checked where arrays enter (``SpeakerModel.embed``), because the network would otherwise fail deep inside with
+    a torch error, or worse, turn one NaN sample into a NaN embedding that scores NaN against everything. int16
+    is taken as PCM (scaled by 1/32768, as reading the file would give); other numbers are cast as they are.
+    """
+    if isinstance(wave, torch.Tensor):
+        wave = wave.detach().cpu()
+        wave = wave.float() if wave.dtype == torch.bfloat16 else wave  # numpy has no bfloat16
+    try:
+        array = np.asarray(wave)
+    except (ValueError, TypeError) as exc:  # ragged nested sequences
+        raise VoxfastError(f"{what}: not an array of samples ({exc})") from None
+    if array.ndim != 1 or array.size == 0:
+        raise VoxfastError(f"{what}: expected a non-empty 1-D waveform, got an array of shape {array.shape}"
+                           + (" (average the channels to mono first)" if array.ndim == 2 and array.size else ""))
+    if array.dtype.kind not in "fiu":
+        kind = {"c": "complex numbers (pass the real part)", "U": "strings", "S": "bytes", "O": "Python objects",
+                "b": "booleans"}.get(array.dtype.kind, str(array.dtype))
+        raise VoxfastError(f"{what}: expected real-valued samples (float or integer), got an array of {kind}")
+    array = to_float32(array) if array.dtype == np.int16 else array.astype(np.float32, copy=False)
+    bad = np.flatnonzero(~np.isfinite(array))
+    if bad.size:
+        raise VoxfastError(f"{what}: {bad.size} of {array.size} samples are NaN or infinite (first at index "
+                           f"{bad[0]}); clean or drop this audio")
+    return array
+
+
+def check_sample_rate(sr: object, what: str = "sr") -> int:
+    """`sr` as an int, or a VoxfastError: a rate must be a positive integer number of Hz (not a string, a float or
+    a bool), since resampling takes integer ratios and a wrong type would otherwise surface as a scipy error."""
+    if isinstance(sr, bool) or not isinstance(sr, numbers.Integral) or sr <= 0:
+        raise VoxfastError(f"{what} must be a positive integer sample rate in Hz, got {sr!r}")
+    return int(sr)
+
+
+def pad_to_minimum(wave: np.ndarray) -> np.ndarray:
+    """`wave` repeated from its start up to :data:`MIN_SAMPLES` when shorter (as the batches pad); else as it is."""
+    return _wrap_to(wave, MIN_SAMPLES) if len(wave) < MIN_SAMPLES else wave
 
 
 @dataclass(frozen=True)
@@ -145,6 +205,8 @@ def _plan(paths: Sequence[str], batching: Batching, threads: int, skipped: Skipp
     """Batches of indices into `paths` with their padded length (full) or crop length (crops).
 
     Full mode reads every header first, so files whose header is unreadable are reported here, in list order.
+    Full-mode lengths below :data:`MIN_SAMPLES` are planned at that length, so the reader repeat-pads them; crops
+    keep the length asked for (every utterance is wrap-padded to it).
     """
     if batching.mode == "crops":
         per_batch = max(batching.batch_samples // (batching.crops * batching.crop_samples), 1)
@@ -155,7 +217,7 @@ def _plan(paths: Sequence[str], batching: Batching, threads: int, skipped: Skipp
         _report(skipped, paths[i], found if isinstance(found, str) else None)
         if isinstance(found, int):
             good.append(i)
-            lengths.append(found)
+            lengths.append(max(found, MIN_SAMPLES))
     return [([good[j] for j in members], size) for members, size in
             length_buckets(lengths, batching.batch_samples, batching.tolerance)]
 
@@ -231,6 +293,7 @@ def embed_batches(
 
     Unreadable files go to `skipped`, or raise AudioLoadError when it is None.
     """
+    sample_rate = check_sample_rate(sample_rate, "sample_rate")
     plan = _plan(paths, batching, num_workers, skipped, progress)
     loader = DataLoader(_BatchReader(paths, plan, batching, sample_rate), batch_size=None, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
@@ -280,6 +343,7 @@ def extract_embeddings(
     Utterances are batched by length (see the module docstring); `tolerance=0` reproduces one-at-a-time exactly.
     A `batching` given replaces the full-utterance one built from the sizes (e.g. evenly spaced crops).
     """
+    sample_rate = check_sample_rate(sample_rate, "sample_rate")
     batching = batching or Batching("full", int(batch_seconds * sample_rate), max_samples, tolerance)
     out: np.ndarray | None = None
     for indices, emb in embed_batches(model, paths, device, batching, sample_rate, num_workers, precision,
@@ -325,6 +389,7 @@ def extract_to_file(
     embeddings: checkpoint, mode, ...) skips the ids found there. The table replaces OUT atomically, in the order
     of `ids`, and the partial folder is removed. Unreadable files are skipped and listed in the summary.
     """
+    sample_rate = check_sample_rate(sample_rate, "sample_rate")  # before the partial folder is made
     _check_unique(ids, paths)
     partial = _Partial(Path(out), settings or {})
     done = partial.load(set(ids))
