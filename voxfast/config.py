@@ -62,6 +62,9 @@ class ModelConfig:
     n_mels: int | None = None  # mel / fbank bins of the front end (null: the model's published setting)
     embed_dim: int | None = None  # speaker-embedding size (null: the model's published setting)
     pooling: Literal["sap", "asp", "tstp", "astp", "ecapa"] | None = None  # temporal pooling (null: the model's own)
+    # front end by registered name (`voxfast models` lists them; null: the model's own): an imported model keeps
+    # the features its source computed, e.g. speechbrain_fbank for SpeechBrain's ECAPA
+    frontend: str | None = None
 
 
 @dataclass

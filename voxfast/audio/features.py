@@ -8,6 +8,7 @@ fp16 power spectra loses the quiet bands that carry speaker information.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ import torchaudio
 from torch import nn
 
 from voxfast.audio.io import PCM16_SCALE
+from voxfast.errors import ConfigError
 
 SAMPLE_RATE = 16000
 HOP = 160  # 10 ms
@@ -154,3 +156,23 @@ class KaldiFbank(nn.Module):
             power = self.power(wave.float() * PCM16_SCALE)  # (B, F, 257): Kaldi works on the int16 scale
             mel = (power @ self.banks).clamp(min=torch.finfo(torch.float32).eps).log()  # (B, F, n_mels)
             return (mel - mel.mean(dim=1, keepdim=True)).transpose(1, 2)
+
+
+# Front ends by name, for `model.frontend`: each maps (B, T) waveforms at `sample_rate` to (B, n_mels, frames) and
+# holds no weights, so a model's front end can be swapped without touching its checkpoint.
+FRONTENDS: dict[str, Callable[[int, int], nn.Module]] = {
+    "logmel": lambda n_mels, sample_rate: LogMel(n_mels, sample_rate),
+    "kaldi_fbank": lambda n_mels, sample_rate: KaldiFbank(n_mels, sample_rate),
+}
+
+
+def create_frontend(name: str, n_mels: int, sample_rate: int = SAMPLE_RATE) -> nn.Module:
+    """The registered front end `name`."""
+    check_frontend(name)
+    return FRONTENDS[name](n_mels, sample_rate)
+
+
+def check_frontend(name: str | None) -> None:
+    """An unknown `model.frontend` is a ConfigError listing the choices (None: the model's own)."""
+    if name is not None and name not in FRONTENDS:
+        raise ConfigError(f"model.frontend: unknown front end {name!r}; available: {', '.join(sorted(FRONTENDS))}")

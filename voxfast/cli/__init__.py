@@ -12,7 +12,7 @@ import re
 import sys
 from collections.abc import Sequence
 
-from voxfast.cli import bench, core, datasets, recipes
+from voxfast.cli import bench, core, datasets, imports, recipes
 from voxfast.errors import VoxfastError
 
 
@@ -51,4 +51,5 @@ def build_parser() -> argparse.ArgumentParser:
     recipes.add_commands(sub)
     bench.add_commands(sub)
     datasets.add_commands(sub)
+    imports.add_commands(sub)
     return parser

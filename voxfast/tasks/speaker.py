@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from voxfast.audio.augment import Augmentation, AugmentSpec, DeviceBank, NoiseBank, augment_batch
-from voxfast.audio.features import crop_samples
+from voxfast.audio.features import check_frontend, create_frontend, crop_samples
 from voxfast.audio.store import PackedStore
 from voxfast.config import Config, config_to_dict, load_config_dict
 from voxfast.data.manifest import Trial, read_trials, read_utterances, write_scores
@@ -83,7 +83,10 @@ def _parameters(module: nn.Module) -> int:
 def build_embedder(cfg: Config) -> nn.Module:
     """The registered model; config fields left null keep the variant's published defaults."""
     chosen = {"n_mels": cfg.model.n_mels, "embed_dim": cfg.model.embed_dim, "pooling": cfg.model.pooling}
-    return create_model(cfg.model.name, **{k: v for k, v in chosen.items() if v is not None})
+    model = create_model(cfg.model.name, **{k: v for k, v in chosen.items() if v is not None})
+    if cfg.model.frontend is not None:
+        model.front = create_frontend(cfg.model.frontend, model.front.n_mels, cfg.data.sample_rate)
+    return model
 
 
 class SpeakerTask(Task):
@@ -97,6 +100,7 @@ class SpeakerTask(Task):
     def __init__(self, cfg: Config, rank: int = 0, world: int = 1) -> None:
         self.cfg = cfg
         check_model(cfg.model.name, "speaker")  # a typo fails before any data is read
+        check_frontend(cfg.model.frontend)
         source, speaker_names, origin = _training_source(cfg)
         self.speakers = {name: i for i, name in enumerate(sorted(set(speaker_names)))}
         if len(self.speakers) < 2:
