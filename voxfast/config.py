@@ -116,6 +116,9 @@ class TrainConfig:
     # A checkpoint whose weights start this run (fine-tuning, a large-margin stage); optimizer, schedule and epoch
     # count start afresh. The task decides what must match (speaker: the embedder; the head is kept if it fits).
     init_from: str | None = None
+    # with init_from: fractional epochs the loaded embedder stays frozen (eval mode, no gradients) while a new head
+    # learns the new speakers, so the first steps' random head does not wreck pretrained features (speaker task)
+    freeze_epochs: float = 0.0
     validate_every: int = 0  # epochs between validations on eval.trials (0: none); best.pt then follows the EER
     tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
     out_dir: str = "runs/demo"  # run folder: resolved config, checkpoints, scores, metrics
@@ -532,6 +535,7 @@ def _check_values(cfg: Config) -> list[str]:
         "train.checkpoint_every": cfg.train.checkpoint_every,
         "train.keep_last": cfg.train.keep_last,
         "train.average_last": cfg.train.average_last,
+        "train.freeze_epochs": cfg.train.freeze_epochs,
         "train.validate_every": cfg.train.validate_every,
         "train.budget_minutes": cfg.train.budget_minutes,
         "eval.max_seconds": cfg.eval.max_seconds,
@@ -549,6 +553,8 @@ def _check_values(cfg: Config) -> list[str]:
     if cfg.eval.cohort > 0 and cfg.eval.crop_score == "mean_pairwise" and cfg.eval.mode == "crops":
         errors.append("eval.crop_score=mean_pairwise with eval.cohort: AS-norm scores unit vectors, so the crops' "
                       "mean would be renormalised; use eval.crop_score=mean_embedding with a cohort")
+    if cfg.train.freeze_epochs > 0 and not cfg.train.init_from:
+        errors.append("train.freeze_epochs keeps a loaded embedder frozen: it needs train.init_from (or set it to 0)")
     if 0 < cfg.train.keep_last < cfg.train.average_last:
         errors.append(f"train.keep_last ({cfg.train.keep_last}) must keep the {cfg.train.average_last} epoch "
                       "checkpoints train.average_last averages (raise it, or 0 keeps all)")

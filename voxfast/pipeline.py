@@ -61,6 +61,7 @@ def dry_run(cfg: Config, task: str = "speaker") -> str:
     from voxfast.config import config_to_dict
     from voxfast.tasks import task_class
 
+    cfg = task_class(task).resolve_config(cfg)
     facts = task_class(task).describe(cfg)
     notes = [f"# {k}: {v:,}" if isinstance(v, int) else f"# {k}: {v}" for k, v in facts.items()]
     shown = {k: v for k, v in config_to_dict(cfg).items() if k not in {"image", "eeg"} - {task}}  # other tasks'

@@ -287,3 +287,44 @@ def test_a_train_list_naming_what_the_store_lacks_or_relabels_is_refused(corpus,
     with pytest.raises(VoxfastError, match=r"gives 1 utterances another speaker.*repack"):
         SpeakerTask(_cfg(corpus, tmp_path, f"data.store={corpus}/store", f"data.train_list={tmp_path}/moved.txt",
                          f"data.train_root={corpus}"))
+
+
+def test_init_from_takes_the_checkpoints_model_and_dry_run_says_what_it_loads(corpus, tmp_path, caplog):
+    from voxfast.pipeline import dry_run
+
+    source = _trained(corpus, tmp_path, "first")  # resnetse_demo, 16-d
+    asked = _cfg(corpus, tmp_path / "ft", f"train.init_from={source}", "model.name=resnetse34l", "model.embed_dim=32")
+    with caplog.at_level(logging.INFO, logger="voxfast.tasks.speaker"):
+        cfg = SpeakerTask.resolve_config(asked)
+    assert (cfg.model.name, cfg.model.embed_dim) == ("resnetse_demo", 16)
+    assert "the model is the checkpoint's (model.name 'resnetse34l' -> 'resnetse_demo'" in caplog.text
+    printed = dry_run(asked)
+    assert "name: resnetse_demo" in printed
+    assert f"# init_from: {source} (a voxfast resnetse_demo run): embedder" in printed
+    assert "head kept (same speakers)" in printed
+
+
+def test_freeze_epochs_keeps_the_loaded_embedder_and_its_statistics_then_trains_it(corpus, tmp_path):
+    source = _trained(corpus, tmp_path, "first")
+    loaded = load_checkpoint(source)["model"]
+    cfg = _cfg(corpus, tmp_path / "ft", f"train.init_from={source}", "train.freeze_epochs=1", "train.epochs=2",
+               "train.warmup_epochs=0")
+    trainer = Trainer(SpeakerTask(cfg), cfg.train, tmp_path / "ft")
+    trainer.fit(max_steps=4)  # within the first epoch (16 utterances in steps of 4)
+    after_frozen = trainer.module.state_dict()
+    assert trainer.step == 4 and _same(after_frozen, loaded, "embedder.")  # running statistics included
+    assert not _same(after_frozen, loaded, "head.")
+    trainer.fit()
+    assert not _same(trainer.module.state_dict(), loaded, "embedder.")
+
+
+def test_freeze_epochs_needs_init_from_and_a_speaker_task():
+    from voxfast.errors import ConfigError
+    from voxfast.tasks import task_class
+
+    with pytest.raises(ConfigError, match="train.freeze_epochs keeps a loaded embedder frozen: it needs "
+                                          "train.init_from"):
+        load_config(None, ["train.freeze_epochs=1"])
+    cfg = load_config(None, ["train.freeze_epochs=1", "train.init_from=x.pt"])
+    with pytest.raises(ConfigError, match="the image task has no embedder to freeze"):
+        task_class("image").resolve_config(cfg)

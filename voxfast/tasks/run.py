@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from voxfast.config import Config, save_config
-from voxfast.tasks import build_task
+from voxfast.tasks import build_task, task_class
 from voxfast.train.checkpoint import record_validation
 from voxfast.train.distributed import DistInfo, env_info
 from voxfast.train.lock import run_folder_lock
@@ -29,6 +29,7 @@ def train_and_score(cfg: Config, out: Path, resume: str | None = None, evaluate:
 
 def _train_and_score(cfg: Config, out: Path, info: DistInfo, resume: str | None, evaluate: bool,
                      profile: tuple[int, int] | None, task_name: str) -> tuple[dict, dict]:
+    cfg = task_class(task_name).resolve_config(cfg)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")

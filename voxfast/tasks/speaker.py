@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -50,11 +51,23 @@ class SpeakerTrainModel(nn.Module):
         super().__init__()
         self.embedder = embedder
         self.head = head
+        self.embedder_frozen = False  # train.freeze_epochs: no gradients, BatchNorm statistics kept
 
     def forward(self, wave: torch.Tensor, label: torch.Tensor) -> HeadOutput:
         # (B, T), (B,) -> loss (), logits (B, classes the head tells apart), their targets
-        loss, logits = self.head(self.embedder(wave), label)
+        if self.embedder_frozen:
+            with torch.no_grad():  # no backward through the embedder either: frozen epochs cost a forward only
+                emb = self.embedder(wave)
+        else:
+            emb = self.embedder(wave)
+        loss, logits = self.head(emb, label)
         return HeadOutput(loss, logits, self.head.target(label))
+
+    def freeze_embedder(self, frozen: bool) -> None:
+        """Frozen: eval mode (BatchNorm keeps the loaded statistics) and no gradients, so the optimizer leaves
+        its weights alone (parameters without a gradient are skipped, weight decay included)."""
+        self.embedder_frozen = frozen
+        self.embedder.train(self.training and not frozen)
 
 
 class HeadOutput(NamedTuple):
@@ -163,6 +176,23 @@ class SpeakerTask(Task):
         return None
 
     @classmethod
+    def resolve_config(cls, cfg: Config) -> Config:
+        """With train.init_from the model is the checkpoint's: its model section (name, sizes, pooling, front end)
+        and sample rate replace this config's, logged where they differ, so fine-tuning an imported model needs
+        no copy of its settings and its weights never meet another front end."""
+        if not cfg.train.init_from:
+            return cfg
+        source = _source_config(cfg.train.init_from)
+        mine, theirs = dataclasses.asdict(cfg.model), dataclasses.asdict(source.model)
+        changed = [f"model.{k} {mine[k]!r} -> {v!r}" for k, v in theirs.items() if mine[k] != v]
+        if cfg.data.sample_rate != source.data.sample_rate:
+            changed.append(f"data.sample_rate {cfg.data.sample_rate} -> {source.data.sample_rate}")
+        if changed:
+            log.info("train.init_from %s: the model is the checkpoint's (%s)", cfg.train.init_from, ", ".join(changed))
+        data = dataclasses.replace(cfg.data, sample_rate=source.data.sample_rate)
+        return dataclasses.replace(cfg, model=dataclasses.replace(source.model), data=data)
+
+    @classmethod
     def describe(cls, cfg: Config) -> dict[str, Any]:
         """Parameter counts of the embedder and the training head and, when the training list or store is there,
         its size and the optimizer steps of one epoch in one process (the batches the sampler would cut).
@@ -185,8 +215,11 @@ class SpeakerTask(Task):
         batches = SpeakerBatchSampler([names[s] for s in speakers], cfg.train.micro_batch, cfg.data.n_per_speaker,
                                       cfg.data.max_seg_per_spk, cfg.train.seed)
         accumulation = max(cfg.train.global_batch // cfg.train.micro_batch, 1)
-        return {**info, "head_parameters": _parameters(head), "utterances": len(speakers), "speakers": len(names),
-                "steps_per_epoch": len(batches) // accumulation}
+        info.update(head_parameters=_parameters(head), utterances=len(speakers), speakers=len(names),
+                    steps_per_epoch=len(batches) // accumulation)
+        if cfg.train.init_from:
+            info["init_from"] = _init_summary(cfg, sorted(names))
+        return info
 
     @classmethod
     def make_demo_data(cls, out: str | Path, seed: int = 0, **options: Any) -> Path:
@@ -205,8 +238,10 @@ class SpeakerTask(Task):
         return SpeakerTrainModel(embedder, head)
 
     def on_step(self, model: nn.Module, progress: float) -> dict[str, float]:
-        """Drive the margin schedule from the trainer's progress (fractional epochs); returns it for the log
-        (nothing for heads without a margin)."""
+        """Drive the margin schedule and train.freeze_epochs from the trainer's progress (fractional epochs);
+        returns the margin for the log (nothing for heads without a margin)."""
+        if self.cfg.train.freeze_epochs > 0:
+            model.freeze_embedder(progress <= self.cfg.train.freeze_epochs)  # progress: epochs after this step
         if not hasattr(model.head, "margin"):
             return {}
         start, end = margin_ramp(self.cfg)
@@ -285,6 +320,25 @@ def whole_groups(batch: dict[str, Any], m: int) -> dict[str, Any]:
         out["aug"] = {k: v[torch.from_numpy(keep)] if isinstance(v, torch.Tensor) else v[keep]
                       for k, v in batch["aug"].items()}
     return out
+
+
+def _source_config(path: str) -> Config:
+    state = load_checkpoint(path)
+    if "config" not in state or state.get("task", "speaker") != "speaker":
+        raise VoxfastError(f"{path}: not a speaker checkpoint (train.init_from); pass one written by `voxfast train` "
+                           "or `voxfast import`")
+    return load_config_dict(state["config"])
+
+
+def _init_summary(cfg: Config, speakers: list[str]) -> str:
+    """What train.init_from loads, for --dry-run: the source, its embedder, and the head kept or new."""
+    state = load_checkpoint(cfg.train.init_from)
+    origin = state.get("imported", {}).get("description") or f"a voxfast {state['config']['model']['name']} run"
+    n = sum(1 for k in state["model"] if k.startswith("embedder."))
+    head = ("kept (same speakers)" if state.get("speakers") == speakers
+            else f"new, for the {len(speakers)} speakers of this list")
+    frozen = f"; embedder frozen for {cfg.train.freeze_epochs:g} epochs" if cfg.train.freeze_epochs > 0 else ""
+    return f"{cfg.train.init_from} ({origin}): embedder {n} tensors; head {head}{frozen}"
 
 
 def _training_source(cfg: Config) -> tuple[CropSource, list[str], str]:

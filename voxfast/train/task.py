@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from voxfast.errors import VoxfastError
+from voxfast.errors import ConfigError, VoxfastError
 
 
 class Task(Protocol):
@@ -83,6 +83,15 @@ class Task(Protocol):
         """Why this run cannot continue from `checkpoint` (another model, size or label set), in the user's terms;
         None lets the trainer try, and a layout mismatch is then reported from the weights themselves."""
         return None
+
+    @classmethod
+    def resolve_config(cls, cfg: Any) -> Any:
+        """The config the run uses, settled before the task is built and the config saved: a task may take
+        settings from train.init_from's checkpoint (the speaker task takes its model). By default unchanged,
+        and train.freeze_epochs (a speaker-task setting) is refused rather than ignored."""
+        if cfg.train.freeze_epochs > 0:
+            raise ConfigError(f"train.freeze_epochs: the {cls.name} task has no embedder to freeze; set it to 0")
+        return cfg
 
     @classmethod
     def describe(cls, cfg: Any) -> dict[str, Any]:

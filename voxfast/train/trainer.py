@@ -106,7 +106,8 @@ class Trainer:
         model = torch.compile(module) if self.cfg.compile else module  # compile before DDP, as DDP expects
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            model = DistributedDataParallel(model, device_ids=ids)
+            # parameters frozen for a while (train.freeze_epochs) get no gradient: DDP must look for them
+            model = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=self.cfg.freeze_epochs > 0)
         return model
 
     def autocast(self) -> contextlib.AbstractContextManager:
