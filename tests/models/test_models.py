@@ -32,6 +32,7 @@ def test_model_accepts_other_lengths_in_eval(name):
 PUBLISHED_PARAMS = {
     "resnetse_demo": None, "resnetse34l": 1.437e6, "resnetse34v2": 8.03e6, "resnet34": 6.63e6, "se_resnet34": None,
     "ecapa_tdnn": 6.19e6, "ecapa_tdnn_c1024": 14.65e6,
+    "ecapa_tdnn_sb": 20.8e6,  # SpeechBrain spkrec-ecapa-voxceleb: 20.8 M on its model card (20,767,552 counted)
 }
 
 

@@ -322,8 +322,8 @@ def test_freeze_epochs_needs_init_from_and_a_speaker_task():
     from voxfast.errors import ConfigError
     from voxfast.tasks import task_class
 
-    with pytest.raises(ConfigError, match="train.freeze_epochs keeps a loaded embedder frozen: it needs "
-                                          "train.init_from"):
+    with pytest.raises(ConfigError, match=r"train\.freeze_epochs keeps a loaded embedder frozen: it needs "
+                                          r"train\.init_from"):
         load_config(None, ["train.freeze_epochs=1"])
     cfg = load_config(None, ["train.freeze_epochs=1", "train.init_from=x.pt"])
     with pytest.raises(ConfigError, match="the image task has no embedder to freeze"):

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
+from voxfast.audio.frontends_speechbrain import SpeechBrainFbank
+from voxfast.audio.frontends_vct import VCT_FRONTENDS
 from voxfast.audio.io import PCM16_SCALE
 from voxfast.errors import ConfigError
 
@@ -163,6 +165,10 @@ class KaldiFbank(nn.Module):
 FRONTENDS: dict[str, Callable[[int, int], nn.Module]] = {
     "logmel": lambda n_mels, sample_rate: LogMel(n_mels, sample_rate),
     "kaldi_fbank": lambda n_mels, sample_rate: KaldiFbank(n_mels, sample_rate),
+    **VCT_FRONTENDS,  # voxceleb_trainer's exact in-model features, for `voxfast import vct`
+    "speechbrain_fbank": lambda n_mels, sample_rate: SpeechBrainFbank(n_mels, sample_rate),  # `import speechbrain`
+    # WeSpeaker's compute_fbank and CLI use a Hamming window, not Kaldi's default Povey: `voxfast import wespeaker`
+    "wespeaker_fbank": lambda n_mels, sample_rate: KaldiFbank(n_mels, sample_rate, window="hamming"),
 }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,20 +42,32 @@ def rename(state: Mapping[str, torch.Tensor], rules: Sequence[tuple[str, str]], 
     return out
 
 
-def load_exact(model: nn.Module, state: Mapping[str, torch.Tensor], src: Path) -> None:
-    """Load `state` into `model` only when it fits exactly: every missing, unexpected or wrongly shaped tensor
-    is named (up to 5 of each) and nothing is loaded."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} (the model's: {tuple(own[k].shape)})"
-              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    problems = [f"{len(items)} {name}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
+def require_fit(found: Mapping[str, torch.Tensor], expected: Mapping[str, Sequence[int]], src: Path, what: str,
+                ignore: Container[str] = (), shown: Callable[[str], str] = str) -> None:
+    """The one exact-fit check of every format: raise, naming up to 5 of each (as `shown` spells a key, e.g. with
+    the file's own prefix), when a tensor of `expected` is missing or misshaped in `found`, or `found` holds one
+    that is neither expected nor in `ignore`; the message says nothing was written."""
+    missing = [shown(k) for k in expected if k not in found]
+    unexpected = [shown(k) for k in found if k not in expected and k not in ignore]
+    shapes = [f"{shown(k)} {tuple(found[k].shape)} (expected {tuple(v)})" for k, v in expected.items()
+              if k in found and tuple(found[k].shape) != tuple(v)]
+    problems = [f"{len(items)} {name}: {listing(items)}"
                 for name, items in (("missing", missing), ("unexpected", unexpected), ("wrongly shaped", shapes))
                 if items]
     if problems:
-        raise VoxfastError(f"{src}: does not fit the model it should hold ({'; '.join(problems)}); nothing was "
-                           "loaded (is it the architecture and size the format and its config name?)")
+        raise VoxfastError(f"{src}: does not match {what} ({'; '.join(problems)}); nothing was written")
+
+
+def listing(items: Sequence[str]) -> str:
+    """Up to 5 names, and how many there are when more."""
+    return ", ".join(items[:5]) + (f" ... ({len(items)} in all)" if len(items) > 5 else "")
+
+
+def load_exact(model: nn.Module, state: Mapping[str, torch.Tensor], src: Path) -> None:
+    """Load `state` into `model` only when it fits exactly (:func:`require_fit`); nothing is loaded otherwise."""
+    own = model.state_dict()
+    require_fit(state, {k: v.shape for k, v in own.items()}, src, "the model it should hold (is it the architecture "
+                "and size the format and its config name?)")
     model.load_state_dict({k: state[k].to(own[k].dtype) for k in own}, strict=True)
 
 

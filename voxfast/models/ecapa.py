@@ -8,7 +8,9 @@ stays 1536 for C=1024 too, which is what gives the 14.65 M figure (WeSpeaker's 3
 
 The attentive pooling lives here rather than in ``voxfast.models.pooling`` because its attention sees the
 utterance's global mean and std (the "context" of the paper) and predicts one weight per channel, so it is part
-of this architecture, not a drop-in temporal pooling.
+of this architecture, not a drop-in temporal pooling. ``pooling="astp"`` takes WeSpeaker's variant of it instead
+(``ECAPA_TDNN_GLOB_*``: no ReLU and BN in the attention, unbiased global std, eps 1e-7), which
+`voxfast import wespeaker` needs to reproduce WeSpeaker's published ECAPA-TDNN models.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import torch
 from torch import nn
 
 from voxfast.audio.features import KaldiFbank
+from voxfast.models.pooling import ASTP
 from voxfast.models.registry import register_model
 
-POOLINGS = ("ecapa",)
+POOLINGS = ("ecapa", "astp")
 
 
 class TDNNBlock(nn.Module):
@@ -156,7 +159,11 @@ class ECAPATDNN(nn.Module):
         self.stem = TDNNBlock(n_mels, channels, 5)
         self.blocks = nn.ModuleList(SERes2Block(channels, 3, d, scale, se_bottleneck) for d in dilations)
         self.mfa = TDNNBlock(channels * len(dilations), mfa_channels, 1)
-        self.pool = ContextAttentiveStatsPool(mfa_channels, attention_bottleneck)
+        self.pool: nn.Module
+        if pooling == "astp":  # WeSpeaker's ASTP with global context and its eps
+            self.pool = ASTP(mfa_channels, attention_bottleneck, eps=1e-7)
+        else:
+            self.pool = ContextAttentiveStatsPool(mfa_channels, attention_bottleneck)
         self.pool_bn = nn.BatchNorm1d(self.pool.out_dim)
         self.embed = nn.Linear(self.pool.out_dim, embed_dim)
         self.embed_dim = embed_dim

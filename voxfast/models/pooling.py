@@ -5,6 +5,8 @@ Every pooling exposes ``out_dim`` so the embedding layer after it can be sized w
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -20,17 +22,35 @@ def _weighted_stats(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tenso
     return torch.cat([mean, var.clamp(min=eps).sqrt()], dim=1)
 
 
-class TSTP(nn.Module):
-    """Temporal statistics pooling: mean and standard deviation over time (WeSpeaker's TSTP)."""
+def _unbiased_var(x: torch.Tensor) -> torch.Tensor:
+    """Unbiased variance over time, (B, C, T) -> (B, C), as WeSpeaker's ``torch.var``, but 0 for a single frame
+    (where it divides by zero). The frame count is a tensor, so a traced export keeps it a function of the input;
+    it is counted in float32, so fp16 autocast cannot overflow it on long inputs."""
+    frames = torch.ones_like(x[:1, :1], dtype=torch.float32).sum(dim=-1)  # (1, 1): T
+    return x.var(dim=-1, unbiased=False) * (frames / (frames - 1).clamp(min=1)).to(x.dtype)
 
-    def __init__(self, in_dim: int) -> None:
+
+class TSTP(nn.Module):
+    """Temporal statistics pooling: mean and standard deviation over time (x-vector, WeSpeaker's TSTP).
+
+    `wespeaker` selects WeSpeaker's exact standard deviation, sqrt(unbiased variance + 1e-7), which imported
+    WeSpeaker models need: the n / (n - 1) factor depends on the utterance's length, so no weight can absorb it
+    (it still gives a finite value for a single frame, where WeSpeaker divides by zero); voxfast's resnet34 uses it.
+    The default, sqrt(max(biased variance, 1e-5)), is what voxfast's other models were trained with.
+    """
+
+    def __init__(self, in_dim: int, wespeaker: bool = False) -> None:
         super().__init__()
         self.out_dim = 2 * in_dim
+        self.wespeaker = wespeaker
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (B, C, T) -> (B, 2C)
         mean = x.mean(dim=-1)
-        std = torch.sqrt(x.var(dim=-1, unbiased=False).clamp(min=1e-5))
+        if self.wespeaker:
+            std = torch.sqrt(_unbiased_var(x) + 1e-7)
+        else:
+            std = torch.sqrt(x.var(dim=-1, unbiased=False).clamp(min=1e-5))
         return torch.cat([mean, std], dim=1)
 
 
@@ -87,9 +107,7 @@ class ASTP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (B, C, T) -> (B, 2C)
-        n = x.shape[-1]
-        # unbiased variance as WeSpeaker, but finite for a single frame (where it would divide by zero)
-        var = x.var(dim=-1, keepdim=True, unbiased=False) * (n / max(n - 1, 1))  # (B, C, 1)
+        var = _unbiased_var(x).unsqueeze(-1)  # (B, C, 1): unbiased as WeSpeaker, finite for a single frame
         mean = x.mean(dim=-1, keepdim=True).expand_as(x)  # (B, C, T)
         std = torch.sqrt(var + self.eps).expand_as(x)  # (B, C, T)
         ctx = torch.cat([x, mean, std], dim=1)  # (B, 3C, T)
@@ -100,9 +118,10 @@ class ASTP(nn.Module):
 _POOLINGS: dict[str, type[nn.Module]] = {"asp": ASP, "astp": ASTP, "sap": SAP, "tstp": TSTP}
 
 
-def create_pooling(name: str, in_dim: int) -> nn.Module:
-    """Build a pooling by config name for `in_dim` input channels; an unknown name lists the valid ones."""
+def create_pooling(name: str, in_dim: int, **options: Any) -> nn.Module:
+    """Build a pooling by config name for `in_dim` input channels (`options`: that pooling's own keyword
+    arguments, e.g. TSTP's ``wespeaker``); an unknown name lists the valid ones."""
     if name not in _POOLINGS:
         # config validation catches this first; this guards direct callers
         raise ValueError(f"unknown pooling {name!r}; available: {', '.join(sorted(_POOLINGS))}")
-    return _POOLINGS[name](in_dim)
+    return _POOLINGS[name](in_dim, **options)

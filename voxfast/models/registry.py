@@ -72,4 +72,4 @@ def check_model(name: str, task: str) -> None:
 
 
 def _ensure_loaded() -> None:
-    from voxfast.models import ecapa, eeg, image, se_resnet  # noqa: F401  (each registers its variants on import)
+    from voxfast.models import ecapa, ecapa_sb, eeg, image, se_resnet  # noqa: F401  (each registers its variants)

@@ -9,7 +9,8 @@ behaviour can match the references without forking the code.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -84,6 +85,7 @@ class SEResNet(nn.Module):
     `freq_mean` averages the last stage over frequency before pooling (ResNetSE34L: a 128-d frame vector
     instead of 1280-d, which keeps the "fast" model's pooling and projection small); otherwise channels and
     the remaining frequency bins are flattened into one frame vector (ResNetSE34V2, WeSpeaker).
+    `pool_options` go to the pooling's constructor (WeSpeaker's ResNet34: TSTP with WeSpeaker's exact std).
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class SEResNet(nn.Module):
         stem_bias: bool = False,
         freq_mean: bool = False,
         front: nn.Module | None = None,
+        pool_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.front = front if front is not None else LogMel(n_mels)
@@ -122,7 +125,7 @@ class SEResNet(nn.Module):
         for s in [stem_stride, *strides]:
             freq = (freq + s[0] - 1) // s[0]  # every stride-s conv here maps F bins to ceil(F / s)
         self.freq_mean = freq_mean
-        self.pool = create_pooling(pooling, in_ch if freq_mean else in_ch * freq)
+        self.pool = create_pooling(pooling, in_ch if freq_mean else in_ch * freq, **(pool_options or {}))
         self.embed = nn.Linear(self.pool.out_dim, embed_dim)
         self.embed_dim = embed_dim
 
@@ -158,9 +161,14 @@ def resnetse34v2(n_mels: int = 64, embed_dim: int = 512, pooling: str = "asp") -
 
 @register_model
 def resnet34(n_mels: int = 80, embed_dim: int = 256, pooling: str = "tstp") -> SEResNet:
-    """WeSpeaker's ResNet34 (6.6 M): plain basic blocks, 3x3 stem, 80-bin Kaldi fbank, TSTP, one linear embedding."""
+    """WeSpeaker's ResNet34 (6.6 M): plain basic blocks, 3x3 stem, 80-bin Kaldi fbank, TSTP, one linear embedding.
+
+    TSTP takes WeSpeaker's standard deviation (unbiased, + 1e-7), so `voxfast import wespeaker` reproduces the
+    published ResNet34 models exactly.
+    """
     return SEResNet([3, 4, 6, 3], [32, 64, 128, 256], [(1, 1), (2, 2), (2, 2), (2, 2)], 3, (1, 1),
-                    n_mels, embed_dim, pooling, se=False, front=KaldiFbank(n_mels))
+                    n_mels, embed_dim, pooling, se=False, front=KaldiFbank(n_mels),
+                    pool_options={"wespeaker": True} if pooling == "tstp" else None)
 
 
 @register_model
