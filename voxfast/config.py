@@ -555,6 +555,9 @@ def _check_values(cfg: Config) -> list[str]:
                       "mean would be renormalised; use eval.crop_score=mean_embedding with a cohort")
     if cfg.train.freeze_epochs > 0 and not cfg.train.init_from:
         errors.append("train.freeze_epochs keeps a loaded embedder frozen: it needs train.init_from (or set it to 0)")
+    if cfg.train.freeze_epochs > 0 and cfg.head.name == "proto":
+        errors.append("train.freeze_epochs: head.name=proto has no weights, so nothing would learn while the embedder "
+                      "is frozen; set it to 0 or use a head with weights (softmaxproto, aam, ...)")
     if 0 < cfg.train.keep_last < cfg.train.average_last:
         errors.append(f"train.keep_last ({cfg.train.keep_last}) must keep the {cfg.train.average_last} epoch "
                       "checkpoints train.average_last averages (raise it, or 0 keeps all)")

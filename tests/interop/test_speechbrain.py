@@ -4,18 +4,13 @@ The reference is SpeechBrain itself (the `interop` extra): its EncoderClassifier
 hyperparams.yaml the import reads, holding seeded weights (nothing is downloaded). Skipped without speechbrain.
 """
 
+import importlib.util
 import re
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-pytest.importorskip("speechbrain")
-
-from hyperpyyaml import load_hyperpyyaml  # installed with speechbrain
-from speechbrain.inference.speaker import EncoderClassifier
-from speechbrain.lobes.features import Fbank
-from speechbrain.processing.features import InputNormalization
 
 from voxfast.audio.frontends_speechbrain import SpeechBrainFbank
 from voxfast.errors import VoxfastError
@@ -23,6 +18,27 @@ from voxfast.interop import import_model
 from voxfast.interop.common import seeded_state
 from voxfast.interop.speechbrain import convert
 from voxfast.tasks.speaker import load_embedder
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("speechbrain") is None,
+                                reason="the reference needs the interop extra: pip install 'voxfast[interop]'")
+
+
+@pytest.fixture(scope="module")
+def sb():
+    """SpeechBrain, imported when these tests run rather than at collection, and its lazy placeholders that never
+    loaded (optional integrations such as k2) dropped from sys.modules afterwards: hypothesis scans sys.modules for
+    constants, and touching such a placeholder raises ImportError inside the hypothesis tests."""
+    from hyperpyyaml import load_hyperpyyaml  # installed with speechbrain
+    from speechbrain.inference.speaker import EncoderClassifier
+    from speechbrain.lobes.features import Fbank
+    from speechbrain.processing.features import InputNormalization
+    from speechbrain.utils.importutils import LazyModule
+
+    yield {"load_hyperpyyaml": load_hyperpyyaml, "EncoderClassifier": EncoderClassifier, "Fbank": Fbank,
+           "InputNormalization": InputNormalization}
+    for name, module in list(sys.modules.items()):
+        if isinstance(module, LazyModule) and module.lazy_module is None:
+            del sys.modules[name]
 
 SEED = 16
 LENGTHS = (16000, 37913)  # 101 and 237 frames: one second, and a length no hop divides
@@ -79,16 +95,16 @@ def _waves(length: int, n: int = 1, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def published(tmp_path_factory):
+def published(sb, tmp_path_factory):
     """A spkrec-ecapa-voxceleb folder (seeded embedding_model.ckpt, hyperparams.yaml) and SpeechBrain's classifier."""
     folder = tmp_path_factory.mktemp("spkrec-ecapa-voxceleb")
     (folder / "hyperparams.yaml").write_text(HYPERPARAMS)
-    hparams = load_hyperpyyaml(HYPERPARAMS)  # what SpeechBrain itself builds from the file
+    hparams = sb["load_hyperpyyaml"](HYPERPARAMS)  # what SpeechBrain itself builds from the file
     model = hparams["embedding_model"]
     shapes = [(k, v.shape) for k, v in model.state_dict().items()]
     model.load_state_dict(seeded_state(shapes, SEED))
     torch.save(model.state_dict(), folder / "embedding_model.ckpt")
-    classifier = EncoderClassifier(modules=hparams["modules"], hparams=hparams)  # eval mode, as from_hparams
+    classifier = sb["EncoderClassifier"](modules=hparams["modules"], hparams=hparams)  # eval mode, as from_hparams
     return folder, classifier, dict(model.state_dict())
 
 
@@ -118,10 +134,10 @@ def test_import_reproduces_speechbrain_embeddings(published, imported):
         assert diff <= 1e-4, (length, float(diff))
 
 
-def test_front_end_matches_speechbrain_fbank_and_sentence_norm():
+def test_front_end_matches_speechbrain_fbank_and_sentence_norm(sb):
     """Absolute tolerance: features are decibels (tens of dB) around a zero mean, so relative error means nothing
     near zero; 1e-4 dB is far below anything a model resolves."""
-    fbank, norm = Fbank(n_mels=80), InputNormalization(norm_type="sentence", std_norm=False)
+    fbank, norm = sb["Fbank"](n_mels=80), sb["InputNormalization"](norm_type="sentence", std_norm=False)
     ours = SpeechBrainFbank(80)
     for length in (*LENGTHS, 401):
         wave = _waves(length, n=3, seed=1)

@@ -325,6 +325,8 @@ def test_freeze_epochs_needs_init_from_and_a_speaker_task():
     with pytest.raises(ConfigError, match=r"train\.freeze_epochs keeps a loaded embedder frozen: it needs "
                                           r"train\.init_from"):
         load_config(None, ["train.freeze_epochs=1"])
+    with pytest.raises(ConfigError, match=r"head\.name=proto has no weights"):
+        load_config("small", ["train.freeze_epochs=1", "train.init_from=x.pt"])
     cfg = load_config(None, ["train.freeze_epochs=1", "train.init_from=x.pt"])
     with pytest.raises(ConfigError, match="the image task has no embedder to freeze"):
         task_class("image").resolve_config(cfg)

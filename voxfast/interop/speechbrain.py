@@ -13,11 +13,15 @@ taught to keep any ``!`` tag as data: nothing is imported or instantiated, and a
 file's ``input_size: !ref <n_mels>``) is looked up in the file. ``mean_var_norm_emb`` (applied only by
 ``encode_batch(normalize=True)``, not by SpeechBrain's verification) and the classifier are not imported.
 
-Tensor names: voxfast's ``ecapa_tdnn_sb`` mirrors SpeechBrain's module tree less its wrappers (SpeechBrain's
-``Conv1d`` / ``BatchNorm1d`` hold a torch module named ``conv`` / ``norm``), so ``X.conv.conv.weight`` becomes
-``X.conv.weight`` and ``X.norm.norm.weight`` becomes ``X.norm.weight`` (``asp_bn.norm.*`` -> ``asp_bn.*``,
-``fc.conv.*`` -> ``fc.*``). The file is checked against the expected names and shapes first, so a problem is named as
-the file names it.
+Tensor names: voxfast's ``ecapa_tdnn_sb`` is ``voxfast.models.ecapa.ECAPATDNN`` with SpeechBrain's settings, so
+`NAMES` maps SpeechBrain's module tree onto that one: its ``blocks.0`` is the ``stem`` and ``blocks.1-3`` are
+``blocks.0-2``, whose ``tdnn1`` / ``res2net_block.blocks`` / ``tdnn2`` / ``se_block.conv1``, ``conv2`` are
+``body.0`` / ``body.1.convs`` / ``body.2`` / ``body.3.gate.0``, ``gate.2``; ``asp`` is ``pool`` (its ``conv`` the
+attention's ``score``), ``asp_bn`` is ``pool_bn`` and ``fc`` is ``embed``; SpeechBrain's ``Conv1d`` / ``BatchNorm1d``
+wrappers hold the torch module as ``conv`` / ``norm``, so ``X.conv.conv.weight`` is ``X.conv.weight`` and
+``X.norm.norm.weight`` is ``X.bn.weight``. For example ``blocks.1.res2net_block.blocks.0.norm.norm.running_mean`` is
+``blocks.0.body.1.convs.0.bn.running_mean``. The file is checked against the expected names and shapes first (the
+model's names mapped back by `NAMES`), so a problem is named as the file names it.
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ from typing import Any
 
 import torch
 import yaml
-from torch import nn
 
 from voxfast.config import load_config
 from voxfast.errors import VoxfastError
@@ -47,11 +50,35 @@ FBANK = "speechbrain.lobes.features.Fbank"
 NORM = "speechbrain.processing.features.InputNormalization"
 ECAPA = "speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN"
 
-# SpeechBrain wrapper modules -> the torch module inside them
-RULES = [
-    (r"\.conv\.(weight|bias)$", r".\1"),
-    (r"\.norm\.(weight|bias|running_mean|running_var|num_batches_tracked)$", r".\1"),
+# (SpeechBrain's, voxfast's) part of a tensor name, replaced in this order; a part starting with "." may stand
+# anywhere in a name, any other starts it. Read backwards (voxfast's -> SpeechBrain's, last pair first), the same
+# pairs give the names the checkpoint must hold; `_expected_shapes` checks that both ways agree.
+NAMES = [
+    ("blocks.0.", "stem."),  # SpeechBrain's blocks[0] is the TDNN stem, blocks[1:] the SE-Res2Net blocks
+    ("blocks.1.", "blocks.0."),
+    ("blocks.2.", "blocks.1."),
+    ("blocks.3.", "blocks.2."),
+    (".tdnn1.", ".body.0."),  # SERes2NetBlock -> ecapa.SERes2Block's body: TDNN, Res2Block, TDNN, SEBlock1d
+    (".res2net_block.blocks.", ".body.1.convs."),
+    (".tdnn2.", ".body.2."),
+    (".se_block.conv1.conv.", ".body.3.gate.0."),
+    (".se_block.conv2.conv.", ".body.3.gate.2."),
+    ("asp.conv.conv.", "pool.score."),  # the attention's score conv
+    ("asp.tdnn.", "pool.tdnn."),
+    ("asp_bn.norm.", "pool_bn."),
+    ("fc.conv.", "embed."),
+    (".conv.conv.", ".conv."),  # SpeechBrain's Conv1d / BatchNorm1d wrappers -> the torch module inside them
+    (".norm.norm.", ".bn."),
 ]
+
+
+def _part(part: str) -> str:
+    """A name part as a regex: anywhere when it starts with ".", else at the start of the name."""
+    return re.escape(part) if part.startswith(".") else "^" + re.escape(part)
+
+
+RULES = [(_part(theirs), ours) for theirs, ours in NAMES]  # SpeechBrain's names -> voxfast's
+_BACK = [(_part(ours), theirs) for theirs, ours in reversed(NAMES)]  # voxfast's names -> SpeechBrain's
 
 _REQUIRED = object()  # an argument SpeechBrain's class has no default for
 
@@ -288,10 +315,17 @@ def _expected_shapes(n_mels: int, embed_dim: int) -> dict[str, tuple[int, ...]]:
     """SpeechBrain's tensor names and shapes for the model voxfast builds (on the meta device: no memory)."""
     with torch.device("meta"):
         model = create_model(MODEL, n_mels=n_mels, embed_dim=embed_dim)
-    wrapper = {name: f"{name}.conv" if isinstance(m, nn.Conv1d) else f"{name}.norm"
-               for name, m in model.named_modules() if isinstance(m, nn.Conv1d | nn.BatchNorm1d)}
     shapes = {}
     for key, value in model.state_dict().items():
-        module, _, tensor = key.rpartition(".")
-        shapes[f"{wrapper[module]}.{tensor}"] = tuple(value.shape)
+        theirs = _renamed(key, _BACK)
+        if _renamed(theirs, RULES) != key:  # a programming error: NAMES does not read the same both ways
+            raise RuntimeError(f"NAMES maps {key!r} to SpeechBrain's {theirs!r}, which maps back elsewhere")
+        shapes[theirs] = tuple(value.shape)
     return shapes
+
+
+def _renamed(key: str, rules: list[tuple[str, str]]) -> str:
+    """`key` through every (regex, replacement) of `rules` in order, as `rename` maps a checkpoint's names."""
+    for pattern, replacement in rules:
+        key = re.sub(pattern, replacement, key)
+    return key

@@ -11,6 +11,10 @@ utterance's global mean and std (the "context" of the paper) and predicts one we
 of this architecture, not a drop-in temporal pooling. ``pooling="astp"`` takes WeSpeaker's variant of it instead
 (``ECAPA_TDNN_GLOB_*``: no ReLU and BN in the attention, unbiased global std, eps 1e-7), which
 `voxfast import wespeaker` needs to reproduce WeSpeaker's published ECAPA-TDNN models.
+
+SpeechBrain's ECAPA-TDNN (``voxfast.models.ecapa_sb``) is built from these classes: their ``padding_mode``
+("reflect", SpeechBrain's "same" padding) and the pooling's ``eps`` are its settings, and every default here is
+voxfast's ECAPA (zero padding, eps 1e-5).
 """
 
 from __future__ import annotations
@@ -26,11 +30,20 @@ POOLINGS = ("ecapa", "astp")
 
 
 class TDNNBlock(nn.Module):
-    """Conv1d -> ReLU -> BN; "same" zero padding so every block keeps the frame count and residuals line up."""
+    """Conv1d -> ReLU -> BN; "same" padding so every block keeps the frame count and residuals line up.
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 1, dilation: int = 1) -> None:
+    `padding_mode` is torch's ("zeros", or "reflect" as SpeechBrain pads); a 1x1 conv pads nothing and stays
+    "zeros" whatever is asked, because an empty reflection pad still copies its input.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 1, dilation: int = 1,
+                 padding_mode: str = "zeros") -> None:
         super().__init__()
-        self.conv = nn.Conv1d(in_ch, out_ch, kernel_size, dilation=dilation, padding=dilation * (kernel_size - 1) // 2)
+        if kernel_size % 2 == 0:
+            raise ValueError(f"TDNNBlock: kernel_size must be odd for 'same' padding, got {kernel_size}")
+        pad = dilation * (kernel_size - 1) // 2
+        self.conv = nn.Conv1d(in_ch, out_ch, kernel_size, dilation=dilation, padding=pad,
+                              padding_mode=padding_mode if pad else "zeros")
         self.relu = nn.ReLU(inplace=True)
         self.bn = nn.BatchNorm1d(out_ch)
 
@@ -46,13 +59,14 @@ class Res2Block(nn.Module):
     see progressively wider context. The loop is over a fixed number of channel groups, never over time.
     """
 
-    def __init__(self, channels: int, kernel_size: int, dilation: int, scale: int) -> None:
+    def __init__(self, channels: int, kernel_size: int, dilation: int, scale: int, padding_mode: str = "zeros") -> None:
         super().__init__()
         if channels % scale:
             raise ValueError(f"channels ({channels}) must be divisible by scale ({scale})")
         self.scale = scale
         width = channels // scale
-        self.convs = nn.ModuleList(TDNNBlock(width, width, kernel_size, dilation) for _ in range(scale - 1))
+        self.convs = nn.ModuleList(TDNNBlock(width, width, kernel_size, dilation, padding_mode)
+                                   for _ in range(scale - 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (B, C, T) -> scale x (B, C/scale, T) -> (B, C, T)
@@ -82,11 +96,12 @@ class SEBlock1d(nn.Module):
 class SERes2Block(nn.Module):
     """1x1 TDNN, dilated Res2 block, 1x1 TDNN, SE gate, plus an identity residual (in and out widths are equal)."""
 
-    def __init__(self, channels: int, kernel_size: int, dilation: int, scale: int, se_bottleneck: int) -> None:
+    def __init__(self, channels: int, kernel_size: int, dilation: int, scale: int, se_bottleneck: int,
+                 padding_mode: str = "zeros") -> None:
         super().__init__()
         self.body = nn.Sequential(
             TDNNBlock(channels, channels, 1),
-            Res2Block(channels, kernel_size, dilation, scale),
+            Res2Block(channels, kernel_size, dilation, scale, padding_mode),
             TDNNBlock(channels, channels, 1),
             SEBlock1d(channels, se_bottleneck),
         )
@@ -137,7 +152,9 @@ class ECAPATDNN(nn.Module):
     """Waveform in, speaker embedding out: front end, ECAPA-TDNN frame layers, attentive pooling, projection.
 
     `front` is a plain attribute holding a parameter-free (B, T) -> (B, n_mels, frames) module, so a different
-    front end (e.g. Kaldi fbank) can be swapped in without touching the rest.
+    front end (e.g. Kaldi fbank) can be swapped in without touching the rest; `front` None is n_mels-bin Kaldi fbank.
+    `padding_mode` pads the k=5 stem and the dilated Res2 convolutions ("zeros", or SpeechBrain's "reflect"),
+    `pool_eps` floors the "ecapa" pooling's variances.
     """
 
     def __init__(
@@ -151,34 +168,41 @@ class ECAPATDNN(nn.Module):
         se_bottleneck: int = 128,
         attention_bottleneck: int = 128,
         dilations: tuple[int, ...] = (2, 3, 4),
+        padding_mode: str = "zeros",
+        pool_eps: float = 1e-5,
+        front: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r} for ECAPA-TDNN; available: {', '.join(POOLINGS)}")
-        self.front: nn.Module = KaldiFbank(n_mels)  # 80-d fbank with CMN, as WeSpeaker's ECAPA recipes
-        self.stem = TDNNBlock(n_mels, channels, 5)
-        self.blocks = nn.ModuleList(SERes2Block(channels, 3, d, scale, se_bottleneck) for d in dilations)
+        # 80-d fbank with CMN, as WeSpeaker's ECAPA recipes, unless another front end is given
+        self.front: nn.Module = KaldiFbank(n_mels) if front is None else front
+        self.stem = TDNNBlock(n_mels, channels, 5, padding_mode=padding_mode)
+        self.blocks = nn.ModuleList(SERes2Block(channels, 3, d, scale, se_bottleneck, padding_mode) for d in dilations)
         self.mfa = TDNNBlock(channels * len(dilations), mfa_channels, 1)
         self.pool: nn.Module
         if pooling == "astp":  # WeSpeaker's ASTP with global context and its eps
             self.pool = ASTP(mfa_channels, attention_bottleneck, eps=1e-7)
         else:
-            self.pool = ContextAttentiveStatsPool(mfa_channels, attention_bottleneck)
+            self.pool = ContextAttentiveStatsPool(mfa_channels, attention_bottleneck, pool_eps)
         self.pool_bn = nn.BatchNorm1d(self.pool.out_dim)
-        self.embed = nn.Linear(self.pool.out_dim, embed_dim)
+        self.embed: nn.Module = nn.Linear(self.pool.out_dim, embed_dim)
         self.embed_dim = embed_dim
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        # (B, T) -> (B, n_mels, frames)
-        x = self.front(wave)
+    def pooled(self, wave: torch.Tensor) -> torch.Tensor:
+        """Everything before the embedding layer: (B, T) -> normalised pooled statistics (B, 2 * mfa_channels)."""
+        x = self.front(wave)  # (B, n_mels, frames)
         x = self.stem(x)  # (B, C, frames)
         outs = []
         for block in self.blocks:
             x = block(x)  # (B, C, frames)
             outs.append(x)
-        x = self.mfa(torch.cat(outs, dim=1))  # (B, 3C, frames) -> (B, 1536, frames)
-        x = self.pool_bn(self.pool(x))  # (B, 3072)
-        return self.embed(x)  # (B, embed_dim)
+        x = self.mfa(torch.cat(outs, dim=1))  # (B, 3C, frames) -> (B, mfa_channels, frames)
+        return self.pool_bn(self.pool(x))  # (B, 2 * mfa_channels)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        # (B, T) -> (B, embed_dim)
+        return self.embed(self.pooled(wave))
 
 
 @register_model
