@@ -123,6 +123,13 @@ class TrainConfig:
     tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
     out_dir: str = "runs/demo"  # run folder: resolved config, checkpoints, scores, metrics
     threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
+    # Cross-validation of the image and EEG tasks (voxfast.tasks.cv): 0 = one split (the task's own); k >= 2 = k folds
+    # (EEG with eeg.split=group: group k-fold, no group in two folds; otherwise stratified by class), each trained
+    # into RUN/fold_K/ and summarised in RUN/cv.json and RUN/cv.md; -1 = leave one group out (EEG groups).
+    cv_folds: int = 0
+    # also fit the classical baseline on the same split or folds: CSP + LDA for EEG, logistic regression on pixels
+    # for images (scikit-learn: pip install "voxfast[baseline]"); its figures sit beside the model's
+    baseline: bool = False
 
 
 @dataclass
@@ -146,8 +153,15 @@ class ImageConfig:
     val_data: str | None = None  # separate validation file/folder (default: split val_fraction off `data`)
     val_fraction: float = 0.1  # stratified by class, with train.seed
     image_size: int = 32  # folder images are resized to image_size x image_size
-    crop_padding: int = 4  # random crop after zero-padding by this many pixels (on the device, in batch)
-    flip: bool = True  # random horizontal flips (on the device, in batch)
+    # random crop after zero-padding by this fraction of the image side (on the device, in batch): rounded, at least
+    # 1 px from 8 px up, so 8x8 digits get 1 px and 32x32 images 4; a fixed count of pixels would shift small images
+    # off their own frame (4 px of 8 lost digits half their strokes)
+    crop_fraction: float = 0.125
+    crop_padding: int | None = None  # pixels instead of crop_fraction (configs written before crop_fraction)
+    # random horizontal flips (on the device, in batch): off, since a mirrored image must still be the same class;
+    # they suit natural images (animals, vehicles, scenes), not digits, letters, text or medical images whose
+    # left-right orientation means something
+    flip: bool = False
     model: str = "se_resnet_image"  # a registered image model (`voxfast models`): SE-ResNet of the speaker blocks
     width: int = 32  # channels of the first stage (doubled per stage)
     blocks: tuple[int, int, int] = (1, 1, 1)  # SE blocks per stage
@@ -165,6 +179,22 @@ class EEGConfig:
     bandpass: tuple[float, float] | None = None  # Hz, zero-phase Butterworth before standardisation
     time_shift: int = 0  # max random shift in samples (augmentation, on the device)
     model: str = "eegnet"  # a registered EEG model (`voxfast models`): eegnet or se_resnet1d
+    # Recordings through MNE-Python (pip install "voxfast[eeg]"): any format it reads (EDF, BDF, GDF, BrainVision
+    # .vhdr, EEGLAB .set, FIF) and -epo.fif epochs; auto: MNE for all but .npz and EDF/BDF (pyedflib), and MNE for
+    # EDF/BDF too when a preprocessing key below is set. These keys apply to the MNE path only (null: off).
+    reader: Literal["auto", "pyedflib", "mne"] = "auto"
+    reference: tuple[str, ...] | str | None = None  # "average", or the reference channel names
+    picks: tuple[str, ...] | str | None = None  # channels kept: names, or a type such as "eeg" (after re-referencing)
+    notch: tuple[float, ...] | None = None  # Hz, e.g. [50.0, 100.0]: mains and harmonics, before resampling
+    resample: float | None = None  # Hz, before the band-pass and the windows
+    baseline: tuple[float, float] | None = None  # seconds relative to the event: that span's mean is subtracted
+    group_by: Literal["subject", "run"] = "subject"  # MNE path: what eeg.split=group holds out (run: one file)
+    # regex on each file's path under eeg.data; subject = its first group (e.g. "A(\\d\\d)" for BCI IV 2a's
+    # A01T/A01E); null: the first folder under eeg.data (S001/S001R04.edf -> S001), else the file's name
+    subject_pattern: str | None = None
+    # every reader: whiten each subject's windows by their mean covariance R, X <- R^-1/2 X (He & Wu 2019), so
+    # subjects share one reference frame; subjects: MNE path as above, .npz `subjects` or else `groups`, EDF a file
+    euclidean_alignment: bool = False
 
 
 @dataclass

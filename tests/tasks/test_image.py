@@ -1,5 +1,6 @@
 """The image task: both data formats and their errors, the stratified split, device augmentation against a numpy
-reference, exact mid-epoch batches, and short training runs through the Trainer and the CLI."""
+reference, crop padding scaled to the image side and flips off unless asked for, exact mid-epoch batches, and short
+training runs through the Trainer and the CLI."""
 
 import json
 from pathlib import Path
@@ -9,13 +10,14 @@ import pytest
 import torch
 
 from voxfast.cli import main
-from voxfast.config import load_config
-from voxfast.errors import VoxfastError
+from voxfast.config import ImageConfig, find_config, load_config
+from voxfast.errors import ConfigError, VoxfastError
 from voxfast.tasks.classification import epoch_generator as augment_generator
 from voxfast.tasks.image import (
     ImageTask,
     augment_draws,
     crop_flip,
+    crop_pixels,
     make_demo_data,
     read_images,
     stratified_split,
@@ -133,6 +135,59 @@ def test_crop_flip_matches_numpy_reference(dtype):
     np.testing.assert_array_equal(got.numpy(), _reference(x.numpy(), offsets.numpy(), flips.numpy(), 3))
     again = augment_draws(16, 3, True, augment_generator(5, 2, 7, torch.device("cpu")))
     assert torch.equal(again[0], offsets) and torch.equal(again[1], flips)  # same seed, epoch, batch: same draws
+
+
+@pytest.mark.parametrize(("side", "pixels"), [(8, 1), (16, 2), (28, 4), (32, 4), (64, 8), (4, 1), (2, 0)])
+def test_crop_padding_is_a_fraction_of_the_image_side(side, pixels):
+    assert crop_pixels(ImageConfig(), side, side) == pixels  # 1/8 of the side, rounded half up
+    assert crop_pixels(ImageConfig(), side, 3 * side) == pixels  # the shorter side decides
+    assert crop_pixels(ImageConfig(crop_fraction=0.0), side, side) == 0
+
+
+def test_crop_fraction_keeps_one_pixel_on_small_images_and_pixels_override_it():
+    assert crop_pixels(ImageConfig(crop_fraction=0.05), 8, 8) == 1  # 0.4 px would round to no translation
+    assert crop_pixels(ImageConfig(crop_fraction=0.05), 7, 7) == 0  # below 8 px the floor does not apply
+    assert crop_pixels(ImageConfig(crop_padding=3), 8, 8) == 3  # configs written in pixels keep their meaning
+    cfg = load_config(None, ["image.crop_padding=4"])  # an old config's key still loads
+    assert cfg.image.crop_padding == 4 and crop_pixels(cfg.image, 32, 32) == 4
+
+
+def test_flips_are_off_by_default_and_the_config_says_why():
+    assert ImageConfig().flip is False
+    assert load_config("image_demo").image.flip is False
+    assert ImageTask.default_config == "image_demo"  # `voxfast train --task image` starts from these defaults
+    source = (ROOT / "voxfast" / "config.py").read_text()
+    comment = source[source.index("class ImageConfig"):source.index("flip: bool")]
+    assert "natural images" in comment and "digits" in comment
+    assert "natural images" in find_config("image_demo").read_text()
+
+
+def test_digits_sized_task_crops_by_one_pixel_without_flips(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "digits.npz", images=rng.integers(0, 256, (40, 8, 8), dtype=np.uint8),
+             labels=np.arange(40) % 4)
+    task = ImageTask(_cfg(tmp_path / "digits.npz", tmp_path / "run", "image.val_fraction=0.25"))
+    assert task.padding == 1
+    batch = task.train_batches(1)[0]
+    generator = augment_generator(task.seed, batch["epoch"], batch["index"], torch.device("cpu"))
+    offsets, flips = augment_draws(len(batch["label"]), 1, False, generator)
+    assert not flips.any() and offsets.max() <= 2
+    expected = crop_flip(batch["x"], offsets, flips, 1).float()
+    mean, std = task.mean.reshape(1, -1, 1, 1), task.std.reshape(1, -1, 1, 1)
+    np.testing.assert_allclose(task.inputs(batch, torch.device("cpu")).numpy(), (expected.numpy() - mean) / std,
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("image.crop_fraction=4", r"image\.crop_fraction: a fraction of the image side in \[0, 0\.5\).*got 4\.0; for 4 "
+                              r"pixels set image\.crop_padding=4 instead"),
+    ("image.crop_fraction=0.5", r"image\.crop_fraction: a fraction of the image side in \[0, 0\.5\)"),
+    ("image.crop_fraction=-0.1", r"image\.crop_fraction: .*got -0\.1$"),
+    ("image.crop_padding=-1", r"image\.crop_padding: must be >= 0 pixels"),
+])
+def test_bad_crop_settings_are_refused_naming_the_fix(demo, tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        ImageTask(_cfg(demo, tmp_path, override))
 
 
 def test_split_pieces_keep_the_batch_draws(demo, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,10 @@ def add_commands(sub: Any) -> None:
                    help="print the resolved config, the parameter counts and the steps per epoch; train nothing")
     p.add_argument("--profile", metavar="N:M", type=step_range,
                    help="write a torch.profiler trace of optimizer steps N to M into the run folder")
+    p.add_argument("--baseline", action="store_true",
+                   help="image and EEG: also fit the classical baseline (EEG: CSP + LDA, images: logistic regression "
+                        "on pixels) on the same split or cross-validation folds (train.cv_folds) and print it beside "
+                        "the model (= train.baseline=true)")
 
     p = command(sub, "average-checkpoints", _cmd_average, help="average the weights of the last N epoch checkpoints")
     p.add_argument("source", nargs="+", help="a run folder (or its checkpoints/ folder), or .pt files to average")
@@ -133,6 +138,8 @@ def add_commands(sub: Any) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config or task_class(args.task).default_config, args.overrides, args.preset)
+    if args.baseline:
+        cfg = replace(cfg, train=replace(cfg.train, baseline=True))
     if args.dry_run:
         print(pipeline.dry_run(cfg, args.task))
         return 0
@@ -140,7 +147,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     report, status = pipeline.train(cfg, args.task, args.resume, not args.no_eval, args.profile)
     if report is not None:
         print(json.dumps(report, indent=2))
+        if "cv" in report:
+            from voxfast.tasks.cv import format_summary
+
+            print(format_summary(report["cv"]))
+            print(f"per-fold table: {Path(cfg.train.out_dir) / 'cv.md'} (and cv.json)")
+        elif "baseline" in report:
+            print(_beside_baseline(report))
     return status
+
+
+def _beside_baseline(report: dict[str, Any]) -> str:
+    """One line per metric: the model's validation figure and the classical baseline's on the same examples."""
+    keys = [k for k in ("accuracy", "balanced_accuracy") if k in report["baseline"]]
+    return "\n".join(f"{k}: model {report.get(k, float('nan')):.4f}  baseline ({report['baseline']['method']}) "
+                     f"{report['baseline'][k]:.4f}" for k in keys)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

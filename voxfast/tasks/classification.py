@@ -22,10 +22,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from voxfast.config import Config, config_to_dict
-from voxfast.errors import VoxfastError
+from voxfast.errors import ConfigError, VoxfastError
 from voxfast.train.task import Task
 
 log = logging.getLogger(__name__)
+
+Split = tuple[np.ndarray, np.ndarray]  # (training indices, validation indices) into a task's whole data set
 
 
 class EpochBatches(Sequence[dict[str, Any]]):
@@ -53,15 +55,49 @@ class ClassificationTask(Task):
 
     best_metric: ClassVar[tuple[str, str]] = ("accuracy", "max")
     unit: ClassVar[str] = "examples"  # how messages name the training examples ("images", "windows")
+    # True where the subclass passes `split` to its constructor's super() call and takes its split through
+    # `choose_split`: the cross-validation runner (voxfast.tasks.cv) refuses the others rather than train every fold
+    # on the task's own split.
+    takes_split: ClassVar[bool] = False
     classes: list[str]
     train_rows: np.ndarray
     val_labels: np.ndarray
 
-    def __init__(self, cfg: Config, rank: int = 0, world: int = 1) -> None:
+    def __init__(self, cfg: Config, rank: int = 0, world: int = 1, split: Split | None = None) -> None:
         self.cfg, self.rank, self.world = cfg, rank, world
         self.seed = cfg.train.seed % 2**32  # numpy seed sequences take no negative entropy
         self.pin = cfg.data.pin_memory and torch.cuda.is_available()
         self.batches_per_rank = 0
+        self.fixed_split = split
+
+    @classmethod
+    def fold_targets(cls, cfg: Config) -> tuple[np.ndarray, np.ndarray | None]:
+        """Class index (N,) and group (N,) or None of every example `split` indices point at, read without building
+        the task: what cross-validation cuts its folds from. Tasks that can be cross-validated override it."""
+        raise ConfigError(f"train.cv_folds: the {cls.name} task cannot be cross-validated (set train.cv_folds=0)")
+
+    def choose_split(self, n: int, default: Callable[[], Split]) -> Split:
+        """The split given to the constructor (a cross-validation fold), checked against the `n` examples read;
+        else the task's own, `default()`.
+
+        Checked here, once for every subclass: an index out of range or in both sets would train on validation
+        data without any error further down.
+        """
+        if self.fixed_split is None:
+            return default()
+        train, val = (np.asarray(rows, dtype=np.int64) for rows in self.fixed_split)
+        for name, rows in (("training", train), ("validation", val)):
+            if rows.ndim != 1 or len(rows) == 0:
+                raise VoxfastError(f"explicit split: the {name} indices must be a non-empty 1-D array, got shape "
+                                   f"{rows.shape}")
+            if rows.min() < 0 or rows.max() >= n:
+                raise VoxfastError(f"explicit split: {name} indices must lie in [0, {n}) ({n} {self.unit} read), "
+                                   f"got {rows.min()} .. {rows.max()}")
+        both = np.intersect1d(train, val)
+        if len(both):
+            raise VoxfastError(f"explicit split: {len(both)} {self.unit} are in both training and validation "
+                               f"(e.g. index {both[0]})")
+        return train, val
 
     def check_batches(self, origin: str) -> None:
         """Every rank gets the same number of full micro-batches; none at all is a user error."""

@@ -1,12 +1,13 @@
 """EEG classification on the shared trainer: windows in memory, band-pass once, time shifts on the device, EEGNet.
 
-EEG data sets are small (thousands of windows of a few seconds), so they are read once into float32 tensors: an .npz
-of windows, or EDF/BDF recordings cut into windows around annotated events. Filtering (zero-phase, so event timing is
-not moved) happens once at load and per-channel standardisation uses training statistics only, which the checkpoint
-keeps so a model can be applied to new recordings. The split is by group (subject or run) by default, because
-windows of one subject are far more alike than windows of one class, and a random split would measure memorisation
-of subjects. The time-shift augmentation draws from a generator seeded by (train.seed, epoch, batch number), so a
-run resumed mid-epoch augments exactly as the interrupted one would have.
+EEG data sets are small (thousands of windows of a few seconds), so they are read once into float32 tensors: an .npz of
+windows, or EDF/BDF recordings cut into windows around annotated events (any format MNE reads, epochs files and
+`mne.Epochs` through `eeg_mne`, with its preprocessing). Filtering (zero-phase, so event timing is not moved) happens
+once at load and per-channel standardisation uses training statistics only, which the checkpoint keeps so a model can be
+applied to new recordings. The split is by group (subject or run) by default, because windows of one subject are far
+more alike than windows of one class, and a random split would measure memorisation of subjects. The time-shift
+augmentation draws from a generator seeded by (train.seed, epoch, batch number), so a run resumed mid-epoch augments
+exactly as the interrupted one would have.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import nn
 from voxfast.config import Config, EEGConfig
 from voxfast.errors import VoxfastError
 from voxfast.models.registry import check_model, create_model
-from voxfast.tasks.classification import ClassificationTask, channel_stats, epoch_generator, take
+from voxfast.tasks.classification import ClassificationTask, Split, channel_stats, epoch_generator, take
 
 log = logging.getLogger(__name__)
 
@@ -44,21 +45,89 @@ class Windows:
     sfreq: float
     classes: list[str]  # class index -> label value (.npz) or event code (EDF/BDF)
     channels: list[str]  # channel names where the file has them, else their positions
+    subjects: np.ndarray | None = None  # subject of each window, for Euclidean alignment; None: `groups` stand in
+
+
+# Keys that only the MNE reader applies: set with another reader they would silently do nothing.
+MNE_ONLY_KEYS = ("reference", "picks", "notch", "resample", "baseline")
 
 
 def read_windows(cfg: EEGConfig) -> Windows:
-    """The windows of `cfg.data` (an .npz, an EDF/BDF file or a folder of them), band-passed when configured."""
+    """The windows of `cfg.data` (an .npz, a recording or a folder of them), preprocessed as configured.
+
+    EDF/BDF go through pyedflib unless eeg.reader or an MNE-only preprocessing key asks for MNE (so existing runs
+    read exactly as before); every other recording format goes through MNE (`voxfast.tasks.eeg_mne`).
+    """
     path = Path(cfg.data)
+    if _reads_with_mne(path, cfg):
+        from voxfast.tasks import eeg_mne  # imports MNE itself, on first use
+
+        return align_if_configured(eeg_mne.read_mne(path, cfg), cfg)
+    mne_only = [f"eeg.{k}" for k in MNE_ONLY_KEYS if getattr(cfg, k) is not None]
+    if mne_only:
+        raise VoxfastError(f"{', '.join(mne_only)}: applied by the MNE reader only, which does not read {path} "
+                           "(.npz windows are used as stored; for EDF/BDF set eeg.reader: mne or auto)")
     if path.is_dir() or path.suffix.lower() in EDF_SUFFIXES:
-        return read_edf(path, cfg)
+        return align_if_configured(read_edf(path, cfg), cfg)
     if not path.is_file():
-        raise VoxfastError(f"eeg.data: {path} not found (an .npz with `x` and `y`, an EDF/BDF file or a folder of "
-                           "them; `voxfast make-demo-data eeg_demo --task eeg` writes a demo)")
-    return read_npz(path, cfg)
+        raise VoxfastError(f"eeg.data: {path} not found (an .npz with `x` and `y`, a recording MNE reads or a "
+                           "folder of them; `voxfast make-demo-data eeg_demo --task eeg` writes a demo)")
+    return align_if_configured(read_npz(path, cfg), cfg)
+
+
+def _reads_with_mne(path: Path, cfg: EEGConfig) -> bool:
+    if cfg.reader != "auto" or path.suffix.lower() == ".npz":
+        return cfg.reader == "mne"
+    if any(getattr(cfg, k) is not None for k in MNE_ONLY_KEYS):
+        return path.is_dir() or path.suffix.lower() in EDF_SUFFIXES or _mne_suffix(path)
+    if path.is_dir():
+        return any(_mne_suffix(p) and p.suffix.lower() not in EDF_SUFFIXES for p in path.rglob("*"))
+    return _mne_suffix(path) and path.suffix.lower() not in EDF_SUFFIXES
+
+
+def _mne_suffix(path: Path) -> bool:
+    from voxfast.tasks.eeg_mne import MNE_SUFFIXES  # the module imports MNE lazily, so this costs nothing
+
+    return path.name.lower().endswith(MNE_SUFFIXES)
+
+
+def align_if_configured(data: Windows, cfg: EEGConfig) -> Windows:
+    """Euclidean alignment of `data` in place when eeg.euclidean_alignment is on; per subject, else per group."""
+    if cfg.euclidean_alignment:
+        subjects = data.subjects if data.subjects is not None else data.groups
+        if subjects is None:
+            log.warning("eeg.euclidean_alignment: no subjects or groups in %s; all windows aligned as one subject",
+                        cfg.data)
+            subjects = np.zeros(len(data.x), dtype=np.int64)
+        data.x = euclidean_align(data.x, subjects)
+    return data
+
+
+def euclidean_align(x: np.ndarray, subjects: np.ndarray) -> np.ndarray:
+    """X <- R^-1/2 X per subject, R the mean of that subject's trial covariances X X^T / samples (He & Wu 2019).
+
+    After alignment every subject's mean covariance is the identity, which removes much of the between-subject
+    shift that makes held-out subjects hard. The covariances are not centred (as in the paper): band-passed EEG has
+    zero mean anyway. Sums in float64; the result float32 (N, channels, samples).
+    """
+    out = np.empty(x.shape, dtype=np.float32)
+    for subject in np.unique(subjects):
+        rows = np.flatnonzero(subjects == subject)
+        xs = x[rows].astype(np.float64)
+        r = np.einsum("nct,ndt->cd", xs, xs) / (xs.shape[0] * xs.shape[2])
+        w, v = np.linalg.eigh(r)
+        if not w[0] > 1e-10 * w[-1]:
+            raise VoxfastError(f"eeg.euclidean_alignment: subject {subject}'s mean covariance is singular "
+                               f"(eigenvalues {w[0]:.3g} to {w[-1]:.3g}): channels are linearly dependent, as after "
+                               "an average reference or with a flat channel; drop one channel (eeg.picks) or turn "
+                               "the alignment off")
+        out[rows] = np.einsum("cd,ndt->nct", (v / np.sqrt(w)) @ v.T, xs)
+    return out
 
 
 def read_npz(path: Path, cfg: EEGConfig) -> Windows:
-    """Windows from an .npz with `x` (N, channels, samples), `y` (N,), optional `groups` (N,), `sfreq`, `channels`."""
+    """Windows from an .npz with `x` (N, channels, samples), `y` (N,), optional `groups` (N,), `subjects` (N,: for
+    eeg.euclidean_alignment, else `groups` stand in), `sfreq`, `channels`."""
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
@@ -86,7 +155,10 @@ def read_npz(path: Path, cfg: EEGConfig) -> Windows:
     if cfg.bandpass is not None:
         x = bandpass(x, sfreq, cfg.bandpass)
     classes, y = np.unique(arrays["y"], return_inverse=True)
-    return Windows(x, y.astype(np.int64), arrays.get("groups"), sfreq, [str(c) for c in classes], channels)
+    if "subjects" in arrays:
+        _check_per_window(path, "subjects", arrays["subjects"], x)
+    return Windows(x, y.astype(np.int64), arrays.get("groups"), sfreq, [str(c) for c in classes], channels,
+                   arrays.get("subjects"))
 
 
 def _check_per_window(path: Path, key: str, values: np.ndarray, x: np.ndarray) -> None:
@@ -265,15 +337,20 @@ class EEGTask(ClassificationTask):
     name = "eeg"
     unit = "windows"
     best_metric = ("balanced_accuracy", "max")
+    takes_split = True
 
-    def __init__(self, cfg: Config, rank: int = 0, world: int = 1) -> None:
-        super().__init__(cfg, rank, world)
+    def __init__(self, cfg: Config, rank: int = 0, world: int = 1, data: Windows | None = None,
+                 split: Split | None = None) -> None:
+        """`data`: windows already in memory (e.g. `eeg_mne.windows_from_epochs(epochs, cfg.eeg)` from `mne.Epochs`)
+        instead of reading eeg.data; a resumed run needs the same windows passed again. `split`: (train, validation)
+        indices into the windows instead of eeg.split (a cross-validation fold, `voxfast.tasks.cv`)."""
+        super().__init__(cfg, rank, world, split)
         check_model(cfg.eeg.model, "eeg")
-        data = read_windows(cfg.eeg)
+        data = read_windows(cfg.eeg) if data is None else data
         if len(data.classes) < 2:
             raise VoxfastError(f"{cfg.eeg.data}: {len(data.classes)} class(es); classification needs at least 2")
-        self.train_rows, self.val_rows = split_windows(data.y, data.groups, cfg.eeg.split, cfg.eeg.val_fraction,
-                                                       self.seed)
+        self.train_rows, self.val_rows = self.choose_split(
+            len(data.y), lambda: split_windows(data.y, data.groups, cfg.eeg.split, cfg.eeg.val_fraction, self.seed))
         self.mean, self.std = channel_stats(data.x[self.train_rows])
         data.x -= self.mean.astype(np.float32)[:, None]
         data.x /= self.std.astype(np.float32)[:, None]
@@ -284,6 +361,13 @@ class EEGTask(ClassificationTask):
         log.info("%d windows (%d train, %d validation) of %d channels x %d samples at %g Hz, %d classes, from %s",
                  len(data.y), len(self.train_rows), len(self.val_rows), data.x.shape[1], data.x.shape[2], data.sfreq,
                  len(data.classes), cfg.eeg.data)
+
+    @classmethod
+    def fold_targets(cls, cfg: Config) -> tuple[np.ndarray, np.ndarray | None]:
+        """Labels, and groups unless eeg.split=random: cross-validation then cuts group folds (no subject or run in
+        two folds), else folds stratified by class."""
+        data = read_windows(cfg.eeg)
+        return data.y, data.groups if cfg.eeg.split == "group" else None
 
     def checkpoint_state(self) -> dict[str, Any]:
         """What applying the model to new recordings needs: class names, channels, rate and training statistics."""

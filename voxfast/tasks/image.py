@@ -2,14 +2,17 @@
 
 Small-image datasets (MNIST-, CIFAR-sized) fit in memory as uint8, so there is no loader: a micro-batch is one
 `index_select` into a (pinned) buffer, uploaded asynchronously, and the augmentation (random crop after zero padding,
-horizontal flip) runs on the device for the whole batch at once. Its draws come from a generator seeded by
-(train.seed, epoch, batch number), so a run resumed mid-epoch augments exactly as the interrupted one would have.
+optional horizontal flip) runs on the device for the whole batch at once. The padding is a fraction of the image
+side (`image.crop_fraction`), so one config augments 8x8 digits and 32x32 photos alike. The draws come from a
+generator seeded by (train.seed, epoch, batch number), so a run resumed mid-epoch augments exactly as the
+interrupted one would have.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -24,7 +27,7 @@ from torch import nn
 from voxfast.config import Config, ImageConfig
 from voxfast.errors import ConfigError, VoxfastError
 from voxfast.models.registry import check_model, create_model
-from voxfast.tasks.classification import ClassificationTask, channel_stats, epoch_generator, take
+from voxfast.tasks.classification import ClassificationTask, Split, channel_stats, epoch_generator, take
 from voxfast.train.task import split_batch
 
 log = logging.getLogger(__name__)
@@ -152,8 +155,13 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.setdiff1d(np.arange(len(labels)), val_idx), val_idx
 
 
-def load_splits(cfg: ImageConfig, seed: int) -> tuple[ImageSet, ImageSet, list[str]]:
-    """Training and validation sets with class indices, and the class names (index order)."""
+def load_splits(cfg: ImageConfig, seed: int, choose: Callable[[int, Callable[[], Split]], Split] | None = None
+                ) -> tuple[ImageSet, ImageSet, list[str]]:
+    """Training and validation sets with class indices, and the class names (index order).
+
+    `choose(n, default)`: the (train, validation) indices into image.data to use instead of the stratified split
+    `default()` (`ClassificationTask.choose_split`: a cross-validation fold); image.val_data must then be unset.
+    """
     images, raw = read_images(cfg.data, cfg.image_size)
     classes = np.unique(raw)
     if len(classes) < 2:
@@ -161,8 +169,12 @@ def load_splits(cfg: ImageConfig, seed: int) -> tuple[ImageSet, ImageSet, list[s
     labels = np.searchsorted(classes, raw).astype(np.int64)
     names = [str(c) for c in classes]
     if cfg.val_data is None:
-        train_idx, val_idx = stratified_split(labels, cfg.val_fraction, seed)
+        default = partial(stratified_split, labels, cfg.val_fraction, seed)
+        train_idx, val_idx = default() if choose is None else choose(len(labels), default)
         return ImageSet(images[train_idx], labels[train_idx]), ImageSet(images[val_idx], labels[val_idx]), names
+    if choose is not None:
+        raise ConfigError(f"image.val_data={cfg.val_data}: explicit splits (train.cv_folds) are cut from image.data "
+                          "alone; set image.val_data: null")
     val_images, val_raw = read_images(cfg.val_data, cfg.image_size)
     unknown = sorted(set(val_raw.tolist()) - set(classes.tolist()))
     if unknown:
@@ -176,6 +188,20 @@ def load_splits(cfg: ImageConfig, seed: int) -> tuple[ImageSet, ImageSet, list[s
 
 
 # ----------------------------------------------------------------------------------------------- augmentation
+
+
+def crop_pixels(ic: ImageConfig, height: int, width: int) -> int:
+    """Zero padding in pixels for random crops of (height, width) images: `image.crop_padding` when set, else
+    `image.crop_fraction` of the shorter side, rounded half up, at least 1 px from 8 px up.
+
+    A fraction, because a shift that is mild on 32 px (4 px) moves half of an 8 px digit out of its frame; the 1 px
+    floor keeps some translation where a small fraction of a small side rounds to nothing (0.05 of 8 px).
+    """
+    if ic.crop_padding is not None:
+        return ic.crop_padding
+    side = min(height, width)
+    pixels = int(ic.crop_fraction * side + 0.5)
+    return max(pixels, 1) if ic.crop_fraction > 0 and side >= 8 else pixels
 
 
 def augment_draws(n: int, padding: int, flip: bool, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,20 +236,36 @@ class ImageTask(ClassificationTask):
 
     name = "image"
     unit = "images"
+    default_config = "image_demo"  # `voxfast train --task image` without --config: defaults tuned for images
+    takes_split = True
 
-    def __init__(self, cfg: Config, rank: int = 0, world: int = 1) -> None:
-        super().__init__(cfg, rank, world)
+    def __init__(self, cfg: Config, rank: int = 0, world: int = 1, split: Split | None = None) -> None:
+        """`split`: (train, validation) indices into image.data instead of the stratified image.val_fraction split
+        (a cross-validation fold, `voxfast.tasks.cv`)."""
+        super().__init__(cfg, rank, world, split)
         _check_config(cfg.image)
         check_model(cfg.image.model, "image")
-        train, val, self.classes = load_splits(cfg.image, self.seed)
+        train, val, self.classes = load_splits(cfg.image, self.seed, None if split is None else self.choose_split)
         self.train_x, self.train_y = torch.from_numpy(train.images), torch.from_numpy(train.labels)
         self.val_x, self.val_labels = torch.from_numpy(val.images), val.labels
         self.train_rows = np.arange(len(train.labels))
         self.mean, self.std = channel_stats(train.images)
         self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self.check_batches(cfg.image.data)
+        self.padding = crop_pixels(cfg.image, *train.images.shape[2:])
         log.info("%d training and %d validation images of %d classes, shape (C, H, W) = %s, from %s",
                  len(train.labels), len(val.labels), len(self.classes), tuple(train.images.shape[1:]), cfg.image.data)
+        log.info("augmentation: random crops with %d px of zero padding, horizontal flips %s", self.padding,
+                 "on (natural images only: mirrored digits or text change class)" if cfg.image.flip else "off")
+
+    @classmethod
+    def fold_targets(cls, cfg: Config) -> tuple[np.ndarray, np.ndarray | None]:
+        """The class index of every image of image.data (no groups: cross-validation folds are stratified)."""
+        if cfg.image.val_data is not None:
+            raise ConfigError(f"image.val_data={cfg.image.val_data}: cross-validation (train.cv_folds) cuts its folds "
+                              "from image.data alone; set image.val_data: null")
+        _, raw = read_images(cfg.image.data, cfg.image.image_size)
+        return np.unique(raw, return_inverse=True)[1].astype(np.int64), None
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Class names and the normalisation, which classifying new images needs."""
@@ -252,9 +294,9 @@ class ImageTask(ClassificationTask):
         ic, n = self.cfg.image, len(batch["label"])
         first, full = batch.get("span", (0, n))
         generator = epoch_generator(self.seed, batch["epoch"], batch["index"], device)
-        offsets, flips = augment_draws(full, ic.crop_padding, ic.flip, generator)
+        offsets, flips = augment_draws(full, self.padding, ic.flip, generator)
         x = batch["x"].to(device, non_blocking=True)
-        return self._normalise(crop_flip(x, offsets[first : first + n], flips[first : first + n], ic.crop_padding))
+        return self._normalise(crop_flip(x, offsets[first : first + n], flips[first : first + n], self.padding))
 
     def eval_inputs(self, positions: torch.Tensor, device: torch.device) -> torch.Tensor:
         return self._normalise(self.val_x[positions].to(device))
@@ -281,8 +323,14 @@ def _check_config(ic: ImageConfig) -> None:
     if ic.image_size < 1 or ic.width < 1 or min(ic.blocks) < 1:
         problems.append(f"image.image_size, image.width, image.blocks: must be >= 1, got {ic.image_size}, "
                         f"{ic.width}, {list(ic.blocks)}")
-    if ic.crop_padding < 0:
-        problems.append(f"image.crop_padding: must be >= 0, got {ic.crop_padding}")
+    if ic.crop_padding is not None and ic.crop_padding < 0:
+        problems.append(f"image.crop_padding: must be >= 0 pixels (or null to use image.crop_fraction), got "
+                        f"{ic.crop_padding}")
+    if not 0.0 <= ic.crop_fraction < 0.5:
+        fix = (f"; for {ic.crop_fraction:g} pixels set image.crop_padding={int(ic.crop_fraction)} instead"
+               if ic.crop_fraction >= 1 and float(ic.crop_fraction).is_integer() else "")
+        problems.append(f"image.crop_fraction: a fraction of the image side in [0, 0.5), e.g. 0.125 = 1/8 of the "
+                        f"side, got {ic.crop_fraction}{fix}")
     if problems:
         raise ConfigError("invalid image config: " + "; ".join(problems))
 
