@@ -207,6 +207,12 @@ def test_tasks_that_take_no_split_are_refused_before_training(tmp_path: Path) ->
         cv.run_cv(_config(tmp_path, cv_folds=2), tmp_path, "speaker", DistInfo())
 
 
+def test_no_eval_is_refused_with_cross_validation(tiny: None, tmp_path: Path) -> None:
+    """A fold table without the model's figures would read as if there were none (it happened once)."""
+    with pytest.raises(ConfigError, match=r"--no-eval with train\.cv_folds: cross-validation is the evaluation"):
+        cv.run_cv(_config(tmp_path, cv_folds=2), tmp_path / "run", "tiny", DistInfo(), evaluate=False)
+
+
 def test_report_mean_and_std_skip_classes_missing_from_a_fold() -> None:
     rows = [{"fold": 1, "n_train": 4, "n_val": 2, "model": {"accuracy": 0.5, "classes": ["a", "b"],
                                                             "per_class_accuracy": [1.0, None]}},

@@ -119,6 +119,9 @@ def run_cv(cfg: Config, out: Path, task_name: str, info: DistInfo, resume: str |
                           "(ClassificationTask.takes_split); set train.cv_folds=0")
     if resume not in (None, "auto"):
         raise ConfigError("--resume with train.cv_folds: only `auto` (each fold continues from its own last.pt)")
+    if not evaluate:  # a table of folds without the model's figures would read as if the model had none
+        raise ConfigError("--no-eval with train.cv_folds: cross-validation is the evaluation; drop --no-eval "
+                          "(or set train.cv_folds=0)")
     if resume is None and any(out.glob("fold_*/checkpoints/*.pt")):  # never train over finished folds afresh
         raise VoxfastError(f"train.out_dir {out} already holds cross-validation folds (fold_K/checkpoints/); "
                            "--resume auto continues them, another train.out_dir starts anew")
@@ -146,8 +149,7 @@ def run_cv(cfg: Config, out: Path, task_name: str, info: DistInfo, resume: str |
         if info.is_main:
             if groups is not None:
                 row["val_groups"] = [str(g) for g in np.unique(groups[val])]
-            if evaluate:
-                row["model"] = trainer.evaluate()
+            row["model"] = trainer.evaluate()
             if cfg.train.baseline:
                 row["baseline"] = run_baseline(task)
         rows.append(row)
