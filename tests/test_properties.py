@@ -32,7 +32,7 @@ from voxfast.errors import ConfigError, ListFormatError, VoxfastError
 
 # No example database: every run draws fresh examples (the @example cases pin the bugs found so far). Hypothesis
 # still keeps caches in .hypothesis/, which it gitignores itself.
-PROPERTY = settings(max_examples=100, deadline=None, database=None)
+PROPERTY = settings(max_examples=100, deadline=None, database=None, derandomize=True)  # CI: the same examples each run
 
 # --------------------------------------------------------------------------------------------------
 # Text that users' files hold: near-valid lines, odd tokens, odd whitespace, comments, BOMs, mixed newlines.
@@ -109,6 +109,15 @@ def outcome(read: Callable[[], Any]) -> Any:
     return got
 
 
+def read_back(reader: Callable[[Path], Any], name: str, text: str) -> tuple[Path, Any]:
+    """`text` written as UTF-8 to a fresh temporary `name`, and :func:`outcome` of `reader` on it; the path (gone
+    by then) is returned for the messages that name it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_bytes(text.encode("utf-8"))
+        return path, outcome(lambda: reader(path))
+
+
 def check_refusal(got: Any, expected: Any, path: Path, empty_words: str) -> None:
     """`got` (an error) is the refusal `expected` (a bad line number, or "empty") calls for."""
     if isinstance(got, ListFormatError):
@@ -137,17 +146,14 @@ def expected_utterances(text: str, base: str) -> list[Utterance] | int:
 @PROPERTY
 @given(text=files_of(lines_of(tokens("spk1", "spk2", "é"), tokens("a.wav", "b.wav", "s/c.wav", "/abs/d.wav"))))
 def test_voxceleb_list_gives_its_utterances_or_names_the_bad_line(text):
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "list.txt"
-        path.write_bytes(text.encode("utf-8"))
-        got = outcome(lambda: read_utterances(path))
-        expected = expected_utterances(text, os.path.abspath(tmp))
-        if isinstance(got, VoxfastError):
-            check_refusal(got, expected, path, "no utterances")
-            return
-        assert got == expected and got
-        assert len({u.utt for u in got}) == len(got)
-        assert all(os.path.isabs(u.path) and u.spk.split() == [u.spk] and u.utt.split() == [u.utt] for u in got)
+    path, got = read_back(read_utterances, "list.txt", text)
+    expected = expected_utterances(text, os.path.abspath(path.parent))
+    if isinstance(got, VoxfastError):
+        check_refusal(got, expected, path, "no utterances")
+        return
+    assert got == expected and got
+    assert len({u.utt for u in got}) == len(got)
+    assert all(os.path.isabs(u.path) and u.spk.split() == [u.spk] and u.utt.split() == [u.utt] for u in got)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -260,18 +266,15 @@ TRIAL_LINES = [lines_of(VOX_LABELS, TRIAL_IDS, TRIAL_IDS), lines_of(TRIAL_IDS, T
 def test_trial_list_gives_labels_0_1_or_none_or_names_the_bad_line(data, fmt):
     """Mostly lines of one format, sometimes a line of another."""
     text = data.draw(files_of(st.one_of(*[fmt] * 8, *TRIAL_LINES)), label="text")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "trials.txt"
-        path.write_bytes(text.encode("utf-8"))
-        got = outcome(lambda: read_trials(path))
-        expected = expected_trials(text)
-        if isinstance(got, VoxfastError):
-            check_refusal(got, expected, path, "no trials")
-            return
-        assert got == expected and got
-        labels = {t.label for t in got}
-        assert labels <= {0, 1} or labels == {None}, labels  # one format per file: all labelled or none
-        assert len({(t.enroll, t.test) for t in got}) == len(got)
+    path, got = read_back(read_trials, "trials.txt", text)
+    expected = expected_trials(text)
+    if isinstance(got, VoxfastError):
+        check_refusal(got, expected, path, "no trials")
+        return
+    assert got == expected and got
+    labels = {t.label for t in got}
+    assert labels <= {0, 1} or labels == {None}, labels  # one format per file: all labelled or none
+    assert len({(t.enroll, t.test) for t in got}) == len(got)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -299,18 +302,15 @@ SCORES = st.one_of(st.floats().map(repr), st.floats().map(lambda v: f"{v:.6f}"),
 @PROPERTY
 @given(text=files_of(lines_of(SCORE_IDS, SCORE_IDS, SCORES)))
 def test_score_file_gives_one_float64_per_pair_or_names_the_bad_line(text):
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "scores.txt"
-        path.write_bytes(text.encode("utf-8"))
-        got = outcome(lambda: read_scores(path))
-        expected = expected_scores(text)
-        if isinstance(got, VoxfastError):
-            check_refusal(got, expected if isinstance(expected, int) else expected[0], path, "no scores")
-            return
-        pairs, scores = got
-        assert pairs == expected[0] and pairs
-        assert scores.dtype == np.float64 and scores.shape == (len(pairs),)
-        np.testing.assert_array_equal(scores, np.asarray(expected[1], dtype=np.float64))
+    path, got = read_back(read_scores, "scores.txt", text)
+    expected = expected_scores(text)
+    if isinstance(got, VoxfastError):
+        check_refusal(got, expected if isinstance(expected, int) else expected[0], path, "no scores")
+        return
+    pairs, scores = got
+    assert pairs == expected[0] and pairs
+    assert scores.dtype == np.float64 and scores.shape == (len(pairs),)
+    np.testing.assert_array_equal(scores, np.asarray(expected[1], dtype=np.float64))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -333,7 +333,7 @@ NOT_UTF8 = st.one_of(
 
 
 @pytest.mark.parametrize("reader", list(READERS))
-@settings(max_examples=50, deadline=None, database=None)
+@settings(max_examples=50, deadline=None, database=None, derandomize=True)
 @given(data=NOT_UTF8)
 def test_bytes_that_are_not_utf8_are_refused_with_the_file_named(reader, data):
     try:
