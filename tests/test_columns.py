@@ -66,7 +66,7 @@ def test_fields_text_joins_a_line_as_the_error_messages_quote_it():
 
 
 def test_missing_directory_and_non_utf8_files_are_named(tmp_path):
-    with pytest.raises(VoxfastError, match="trial file not found: .*nope.txt; pass one"):
+    with pytest.raises(VoxfastError, match=r"trial file not found: .*nope\.txt; pass one"):
         list(read_fields(tmp_path / "nope.txt", "trial file", "pass one"))
     with pytest.raises(VoxfastError, match="trial file is a directory"):
         list(read_fields(tmp_path, "trial file", "pass one"))
