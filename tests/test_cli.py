@@ -235,3 +235,17 @@ def test_a_run_folder_with_checkpoints_needs_resume_and_folders_must_not_be_file
     (tmp_path / "photos" / "cat.jpg").write_bytes(b"\xff\xd8")
     assert main(["pack", str(tmp_path / "absent.txt"), str(tmp_path / "photos")]) == 2
     assert "is a folder of other files, not a store" in capsys.readouterr().err
+
+
+def test_the_import_command_offers_every_interop_format():
+    from voxfast.cli.imports import FORMAT_NAMES
+    from voxfast.interop import FORMATS
+
+    assert tuple(FORMATS) == FORMAT_NAMES
+
+
+def test_building_the_parser_does_not_load_torch():
+    """`voxfast eval` of a score file needs no torch: loading it costs seconds and ~0.8 GB before the first line."""
+    code = "import sys, voxfast.cli; voxfast.cli.build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

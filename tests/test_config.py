@@ -127,8 +127,8 @@ def test_saved_config_round_trips(tmp_path):
 
 
 def test_shipped_configs_are_package_data_found_by_name():
-    assert [n for n in shipped_configs() if "/" not in n] == ["demo", "eeg_demo", "image_demo", "small",
-                                                               "voxceleb_trainer"]  # voxceleb/*: test_recipes.py
+    assert [n for n in shipped_configs() if "/" not in n] == ["demo", "eeg_demo", "eeg_physionet_mi", "image_demo",
+                                                               "small", "voxceleb_trainer"]  # voxceleb/*: test_recipes
     assert shipped_configs("presets") == ["reproducible", "speed"]
     for name in shipped_configs():
         assert find_config(name) == PACKAGE_CONFIGS / f"{name}.yaml" == find_config(f"{name}.yaml")
@@ -148,7 +148,7 @@ def test_a_local_file_wins_over_a_shipped_name(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["nope", "presets/speed", "../demo", ""])
 def test_unknown_config_names_list_the_shipped_ones(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match="demo, eeg_demo, image_demo"):
+    with pytest.raises(ConfigError, match="demo, eeg_demo, eeg_physionet_mi, image_demo"):
         find_config(name)
 
 

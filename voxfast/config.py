@@ -179,6 +179,7 @@ class EEGConfig:
     bandpass: tuple[float, float] | None = None  # Hz, zero-phase Butterworth before standardisation
     time_shift: int = 0  # max random shift in samples (augmentation, on the device)
     model: str = "eegnet"  # a registered EEG model (`voxfast models`): eegnet or se_resnet1d
+    dropout: float = 0.25  # the model's dropout probability (EEGNet: after each of its two pooling stages)
     # Recordings through MNE-Python (pip install "voxfast[eeg]"): any format it reads (EDF, BDF, GDF, BrainVision
     # .vhdr, EEGLAB .set, FIF) and -epo.fif epochs; auto: MNE for all but .npz and EDF/BDF (pyedflib), and MNE for
     # EDF/BDF too when a preprocessing key below is set. These keys apply to the MNE path only (null: off).
@@ -605,6 +606,8 @@ def _check_values(cfg: Config) -> list[str]:
     errors += _check_augment(cfg.augment)
     if not 0.0 < cfg.train.min_lr_ratio <= 1.0:
         errors.append(f"train.min_lr_ratio: must be in (0, 1], got {cfg.train.min_lr_ratio}")
+    if not 0.0 <= cfg.eeg.dropout < 1.0:
+        errors.append(f"eeg.dropout: a probability in [0, 1), got {cfg.eeg.dropout}")
     return errors
 
 

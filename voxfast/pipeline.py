@@ -159,7 +159,8 @@ def export(checkpoint: str, fmt: str = "torchscript", out: str | None = None) ->
 
 @dataclass
 class ExtractOptions:
-    """How `voxfast extract` embeds: whole utterances or averaged crops, batch size, precision, device."""
+    """How `voxfast extract` embeds: whole utterances or averaged crops, batch size, precision, device, and which
+    utterances (`per_speaker` > 0: that many per speaker, chosen with `seed`; see eval.embeddings.speaker_subset)."""
 
     mode: str = "full"
     crops: int = 10
@@ -169,22 +170,40 @@ class ExtractOptions:
     workers: int = 2
     precision: str = "auto"
     device: str = "auto"
+    per_speaker: int = 0
+    seed: int = 0
 
 
-def extract(checkpoint: str, source: str, out: str, root: str | None, opts: ExtractOptions) -> Any:
+def extract(checkpoint: str, source: str, out: str, root: str | None, opts: ExtractOptions, sharded: bool = False
+            ) -> Any:
     """Embed every utterance of a source into one table (ids, L2-normalised float32 rows) for `voxfast score`.
 
     Whole utterances are batched by length (padding at most 1 % of an utterance, by repeating it). An interrupted
     run resumes: rows are flushed to OUT.partial/ every 30 s and skipped on restart with the same settings.
     Unreadable files are skipped and listed; 20 in a row stop the run.
-    """
-    from voxfast.eval.embeddings import Batching, extract_to_file, extraction_source
-    from voxfast.runtime import resolve_device, resolve_precision
-    from voxfast.tasks.speaker import load_embedder
 
-    device = resolve_device(opts.device)
+    Under `torchrun --nproc_per_node N -m voxfast extract ...` (in Python: `sharded=True`), each rank embeds an
+    equal share of the audio on its own device (GPU LOCAL_RANK, or the CPU) into a resumable shard in OUT.shards/
+    and rank 0 merges the shards into OUT in the source's order; a re-run resumes with the same N only. Rows agree
+    with a one-process table as a resumed run's do (other length buckets; with --mode crops, the same rows).
+    Without `sharded` every process extracts the whole source (the recipe hands each rank its own list).
+
+    --per-speaker N embeds N utterances of each speaker of a training list or Kaldi dir (seeded, uniformly random:
+    an unbiased speaker mean), a VoxCeleb2 cohort of 5,994 speaker means (score --speaker-means) from 59,940 files.
+    """
+    from voxfast.eval.embeddings import Batching, extract_sharded, extract_to_file, extraction_source
+    from voxfast.runtime import resolve_precision
+    from voxfast.tasks.speaker import load_embedder
+    from voxfast.train.distributed import DistInfo, env_info, rank_device
+
+    info = env_info() if sharded else DistInfo()
+    device = rank_device(opts.device, info)
+    if info.enabled and device.type == "cuda":
+        import torch
+
+        torch.cuda.set_device(device)  # the loader's pinning thread follows it: no stray context on GPU 0 per rank
+    ids, paths = extraction_source(source, root, opts.per_speaker, opts.seed)  # before the model: errors first
     embedder, cfg = load_embedder(checkpoint, device)
-    ids, paths = extraction_source(source, root)
     rate = cfg.data.sample_rate
     batching = Batching(opts.mode, int(opts.batch_seconds * rate), int(opts.max_seconds * rate),
                         crops=opts.crops, crop_samples=int(opts.crop_seconds * rate))
@@ -192,8 +211,11 @@ def extract(checkpoint: str, source: str, out: str, root: str | None, opts: Extr
     ckpt = Path(checkpoint).resolve()
     settings = {"checkpoint": str(ckpt), "checkpoint_mtime_ns": ckpt.stat().st_mtime_ns, "precision": precision,
                 **{k: v for k, v in vars(batching).items() if k != "batch_samples"}}
-    return extract_to_file(embedder, ids, paths, out, device, batching, rate, opts.workers, precision, settings,
-                           progress=True)
+    if not sharded:
+        return extract_to_file(embedder, ids, paths, out, device, batching, rate, opts.workers, precision, settings,
+                               progress=True)
+    return extract_sharded(embedder, ids, paths, out, device, batching, info.rank, info.world, rate, opts.workers,
+                           precision, settings, progress=info.is_main)
 
 
 @dataclass
@@ -224,9 +246,9 @@ def score(trials_path: str, out: str, embeddings: str | None = None, checkpoint:
       voxfast score trials.txt --checkpoint runs/x/checkpoints/best.pt --device cpu
     """
     from voxfast.data.manifest import read_trials, write_scores
-    from voxfast.eval.embeddings import load_embeddings
     from voxfast.eval.metrics import verification_metrics
     from voxfast.eval.scoring import load_cohort, score_trials_from_table
+    from voxfast.eval.tables import load_embeddings
 
     norm = norm or Normalisation()
     trials = read_trials(trials_path)
@@ -237,9 +259,9 @@ def score(trials_path: str, out: str, embeddings: str | None = None, checkpoint:
         ids, emb = _checkpoint_table(checkpoint, trials, trials_path, root, device)
     scores = score_trials_from_table(trials, ids, emb, mean, cohort, norm.top_n)
     write_scores(out, trials, scores)
-    if any(t.label is None for t in trials):
+    if not trials.labelled:
         return len(trials), None
-    return len(trials), verification_metrics(scores, np.array([t.label for t in trials]))
+    return len(trials), verification_metrics(scores, trials.labels)
 
 
 def _checkpoint_table(checkpoint: str | None, trials: list[Any], trials_path: str, root: str | None, device: str
@@ -290,7 +312,7 @@ def evaluate(trials_path: str, scores_path: str | None = None, checkpoint: str |
         labels = labels_in_score_order(scores_path, pairs, trials_path, trials)
     else:
         scores, protocol = _checkpoint_scores(checkpoint, trials, trials_path, root, device, overrides)
-        labels = np.array([t.label for t in trials], dtype=bool) if trials[0].label is not None else None
+        labels = trials.labels == 1 if trials.labelled else None
         if out:
             Path(out).mkdir(parents=True, exist_ok=True)
             write_scores(Path(out) / "scores.txt", trials, scores)

@@ -188,8 +188,10 @@ def _size(path: Path) -> int:
     """Bytes of a file, or of every file under a folder; -1 when it is missing."""
     if path.is_file():
         return path.stat().st_size
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    if path.is_dir():  # a store's binary index/ is derived (built on first open), so it does not count
+        return sum(p.stat().st_size for p in path.rglob("*")
+                   if p.is_file() and not any(part == "index" or part.startswith(".index") for part in
+                                              p.relative_to(path).parts[:-1]))
     return -1
 
 

@@ -47,7 +47,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(malicious)
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("command", [["extract", "{ckpt}", "{dir}", "--out", "{dir}/e.npz"], ["export", "{ckpt}"],
+@pytest.mark.parametrize("command", [["extract", "{ckpt}", "{dir}/t.txt", "--out", "{dir}/e.npz"], ["export", "{ckpt}"],
                                      ["eval", "--checkpoint", "{ckpt}", "--trials", "{dir}/t.txt"]])
 def test_commands_refuse_it_too(malicious, command):
     path, marker = malicious

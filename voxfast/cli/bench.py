@@ -1,13 +1,17 @@
-"""The measuring commands: bench-eval, bench-loader, bench-model, bench-train, bench-recipe and tune."""
+"""The measuring commands: bench-eval, bench-loader, bench-model, bench-train, bench-recipe, bench-scale and tune."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 from typing import Any
 
 from voxfast.cli.common import add_bench_args, add_config_args, check_out_file, command, int_list
 from voxfast.config import load_config
 from voxfast.tasks import TASKS
+
+SCALE_STAGES = ("list", "startup", "workers", "store", "sampler", "eval", "score")  # voxfast.bench.scale.STAGES
 
 
 def add_commands(sub: Any) -> None:
@@ -53,6 +57,23 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--budget", type=float, default=10.0, help="training minutes per config (default 10)")
     p.add_argument("--out", default="runs/bench-recipe", help="folder of the runs (default: runs/bench-recipe)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="overrides for every config")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    p = command(sub, "bench-scale", _cmd_bench_scale,
+                help="list, start-up, worker memory, store, sampler, eval and score costs at millions of lines")
+    p.add_argument("--sizes", default="1M,10M", help="comma-separated line counts, e.g. 100k,1M,10M (default 1M,10M)")
+    p.add_argument("--stages", default=",".join(SCALE_STAGES),
+                   help=f"comma-separated subset of {','.join(SCALE_STAGES)} (default: all)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the training stages (default 2)")
+    p.add_argument("--batches", type=int, default=200,
+                   help="epoch slice for worker memory: at most this many batches, at most 10 %% of an epoch")
+    p.add_argument("--ids", type=int, default=200_000, help="distinct trial utterances / embeddings (default 200000)")
+    p.add_argument("--out", default="runs/bench-scale",
+                   help="folder of the generated data (reused by a later run after --keep) and bench_scale.json")
+    p.add_argument("--keep", action="store_true", help="keep the generated data of each size for the next run")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed to each measured process")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config overrides for the training stages, e.g. train.micro_batch=256")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
     p = command(sub, "tune", _cmd_tune, help="find the micro-batch and loader workers for this machine")
@@ -110,6 +131,25 @@ def _cmd_bench_train(args: argparse.Namespace) -> int:
     results = bench_train(args.config, args.overrides, args.preset, args.steps, args.warmup, not args.no_compile,
                           args.task)
     print(format_train_results(results, args.json))
+    return 0
+
+
+def _cmd_bench_scale(args: argparse.Namespace) -> int:
+    """What issue 18's ten million utterances cost, on synthetic data generated into --out (reused later).
+
+    Per size: reading a Kaldi dir, start-up to the first training batch (fresh process), USS growth of each
+    loader worker over an epoch slice, opening a packed store of that size and a store-backed loader's workers,
+    one epoch of the speaker batch sampler, and `voxfast eval` / `voxfast score` over that many trials; each
+    figure beside the issue's 10 M target. The generated store's audio.bin is a sparse file (~100 GB apparent
+    per million utterances, a few MB on disk): do not copy --out.
+    """
+    from voxfast.bench.scale import ScaleOptions, format_scale_results, parse_size, run_scale_bench
+
+    opts = ScaleOptions(sizes=[parse_size(s) for s in args.sizes.split(",") if s.strip()], out=Path(args.out),
+                        stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()), workers=args.workers,
+                        batches=args.batches, ids=args.ids, overrides=args.set, timeout=args.timeout, keep=args.keep)
+    report = run_scale_bench(opts)
+    print(json.dumps(report, indent=2) if args.json else format_scale_results(report))
     return 0
 
 

@@ -68,7 +68,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("checkpoint", help="a .pt file from a run's checkpoints/ folder")
     p.add_argument("source", help="training list, Kaldi data dir, folder of audio files, or trial list")
     add_out_file_args(p, "embedding file to write (.npz, keyed by utterance id); an interrupted run resumes from "
-                      "OUT.partial/")
+                      "OUT.partial/ (under torchrun: from OUT.shards/, with the same --nproc_per_node)")
     p.add_argument("--root", help="folder the source's paths are relative to (default: the list's folder)")
     p.add_argument("--mode", choices=["full", "crops"], default="full",
                    help="full: whole utterances batched by length; crops: mean of --crops evenly spaced crops")
@@ -79,7 +79,11 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=2, help="loader processes reading audio (default 2)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="autocast of the network (the front end stays fp32); auto as in training")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun: each rank's GPU)")
+    p.add_argument("--per-speaker", type=int, default=0, metavar="N",
+                   help="only N utterances of each speaker of a training list or Kaldi dir, seeded uniform choice "
+                        "(a speaker-mean cohort for score --speaker-means; default 0: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --per-speaker choice (default 0)")
 
     p = command(sub, "score", _cmd_score, doc=pipeline.score,
                  help="score a trial list from embeddings or a checkpoint, optionally AS-normed",
@@ -193,12 +197,14 @@ def _cmd_make_data(args: argparse.Namespace) -> int:
 
 def _cmd_extract(args: argparse.Namespace) -> int:
     opts = pipeline.ExtractOptions(args.mode, args.crops, args.crop_seconds, args.batch_seconds, args.max_seconds,
-                          args.workers, args.precision, args.device)
+                                   args.workers, args.precision, args.device, args.per_speaker, args.seed)
     check_out_file(args.out, args.overwrite)
     start = time.perf_counter()
-    summary = pipeline.extract(args.checkpoint, args.source, args.out, args.root, opts)
-    print(f"wrote {summary.written} embeddings ({summary.dim}-d, {summary.resumed} from an interrupted run) to "
-          f"{args.out} in {time.perf_counter() - start:.1f} s")
+    summary = pipeline.extract(args.checkpoint, args.source, args.out, args.root, opts, sharded=True)
+    merged = f", merged from {summary.shards} shards" if summary.shards else ""
+    target = f"{summary.shard} (rank 0 merges the shards)" if summary.shard else args.out  # torchrun, rank > 0
+    print(f"wrote {summary.written} embeddings ({summary.dim}-d, {summary.resumed} from an interrupted run{merged}) "
+          f"to {target} in {time.perf_counter() - start:.1f} s")
     print_files(summary.skipped, "unreadable file(s) skipped")
     return 0
 

@@ -18,16 +18,22 @@ Fields are separated by whitespace, so ids and paths cannot contain spaces.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from voxfast.errors import ListFormatError, VoxfastError
-from voxfast.fileio import atomic_text
+from voxfast.fileio import atomic_bytes, atomic_text
+
+if TYPE_CHECKING:
+    from voxfast.data.trials import PairTable, TrialTable
+
+if TYPE_CHECKING:
+    from voxfast.data.utterances import UtteranceTable
 
 log = logging.getLogger(__name__)
 
@@ -103,84 +109,26 @@ def _lines(path: Path, kind: str, hint: str) -> Iterator[tuple[int, list[str]]]:
         ) from None
 
 
-def _check_unique(path: Path, lineno: int, key: str, seen: dict[str, int], text: str) -> None:
-    """Reject a repeated id: it would silently double-weight or override an utterance."""
-    first = seen.setdefault(key, lineno)
-    if first != lineno:
-        raise _line_error(path, lineno, f"duplicate id {key!r} (first on line {first})", text)
-
-
-def _resolve(base: str, rel: str) -> str:
-    """Absolute, normalised path of ``rel`` under ``base`` (an absolute ``rel`` is kept as is)."""
-    return os.path.normpath(os.path.join(base, rel))
-
-
 # --------------------------------------------------------------------------------------------------
 # Utterance lists.
 
 
-def read_voxceleb_list(path: StrPath, root: StrPath | None = None) -> list[Utterance]:
+def read_voxceleb_list(path: StrPath, root: StrPath | None = None) -> UtteranceTable:
     """Read a VoxCeleb ``speaker relpath`` list; paths are relative to ``root`` (default: the list's folder).
 
-    The utterance id is the relative path as written, which is unique and stable across machines.
+    The utterance id is the relative path as written, which is unique and stable across machines. The result is a
+    columnar :class:`~voxfast.data.utterances.UtteranceTable` (a sequence of :class:`Utterance`).
 
     Raises:
         VoxfastError: the file is missing or empty.
         ListFormatError: a line does not have exactly two columns, or a path appears twice.
     """
-    path = Path(path)
-    base = os.path.abspath(root if root is not None else path.parent)
-    utts: list[Utterance] = []
-    seen: dict[str, int] = {}
-    for lineno, fields in _lines(path, "list file", _LIST_HINT):
-        if len(fields) != 2:
-            fix = _FIX_LINE if len(fields) < 2 else _FIX_LINE + "; paths cannot contain spaces"
-            raise _line_error(
-                path, lineno, f"expected 2 columns 'speaker path', found {len(fields)}", " ".join(fields), fix
-            )
-        spk, rel = fields
-        _check_unique(path, lineno, rel, seen, " ".join(fields))
-        utts.append(Utterance(utt=rel, spk=spk, path=_resolve(base, rel)))
-    if not utts:
-        raise VoxfastError(f"list file has no utterances: {path}; {_LIST_HINT}")
-    return utts
+    from voxfast.data.utterances import read_voxceleb_table
+
+    return read_voxceleb_table(path, root)
 
 
-def _read_wav_scp(path: Path, base: str) -> dict[str, str]:
-    """``utt -> absolute path`` from wav.scp; command pipes are rejected because voxfast reads files only."""
-    wavs: dict[str, str] = {}
-    seen: dict[str, int] = {}
-    for lineno, fields in _lines(path, "wav.scp", "a Kaldi data directory needs wav.scp and utt2spk"):
-        text = " ".join(fields)
-        if fields[-1].endswith("|") or fields[-1] == "-":
-            raise _line_error(
-                path,
-                lineno,
-                "command pipes are not supported, voxfast reads audio files only",
-                text,
-                "write the command's output to a .wav/.flac file and put that path here",
-            )
-        if len(fields) != 2:
-            raise _line_error(path, lineno, f"expected 2 columns 'utterance path', found {len(fields)}", text)
-        _check_unique(path, lineno, fields[0], seen, text)
-        wavs[fields[0]] = _resolve(base, fields[1])
-    return wavs
-
-
-def _read_utt2spk(path: Path) -> dict[str, str]:
-    """``utt -> speaker`` from utt2spk."""
-    spk_of: dict[str, str] = {}
-    seen: dict[str, int] = {}
-    for lineno, fields in _lines(path, "utt2spk", "a Kaldi data directory needs wav.scp and utt2spk"):
-        text = " ".join(fields)
-        if len(fields) != 2:
-            raise _line_error(path, lineno, f"expected 2 columns 'utterance speaker', found {len(fields)}", text)
-        _check_unique(path, lineno, fields[0], seen, text)
-        spk_of[fields[0]] = fields[1]
-    return spk_of
-
-
-def read_kaldi_dir(directory: StrPath, root: StrPath | None = None) -> list[Utterance]:
+def read_kaldi_dir(directory: StrPath, root: StrPath | None = None) -> UtteranceTable:
     """Read a Kaldi data directory (``wav.scp`` + ``utt2spk``) in wav.scp order.
 
     Relative wav.scp paths are resolved against ``root``, by default the current directory: Kaldi
@@ -191,24 +139,12 @@ def read_kaldi_dir(directory: StrPath, root: StrPath | None = None) -> list[Utte
         VoxfastError: the directory, wav.scp or utt2spk is missing, or wav.scp is empty.
         ListFormatError: a malformed or duplicate line, a command pipe, or utterances without a speaker.
     """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise VoxfastError(f"Kaldi data directory not found: {directory}; pass a folder holding wav.scp and utt2spk")
-    wavs = _read_wav_scp(directory / "wav.scp", os.path.abspath(root if root is not None else os.curdir))
-    if not wavs:
-        raise VoxfastError(f"wav.scp has no utterances: {directory / 'wav.scp'}; {_LIST_HINT}")
-    spk_of = _read_utt2spk(directory / "utt2spk")
-    missing = [utt for utt in wavs if utt not in spk_of]
-    if missing:
-        first = ", ".join(repr(u) for u in missing[:5])
-        raise ListFormatError(
-            f"{directory / 'utt2spk'}: {len(missing)} utterance(s) from wav.scp have no speaker, first: {first} "
-            "(add them to utt2spk or remove them from wav.scp, e.g. with Kaldi's utils/fix_data_dir.sh)"
-        )
-    return [Utterance(utt=utt, spk=spk_of[utt], path=p) for utt, p in wavs.items()]
+    from voxfast.data.utterances import read_kaldi_table
+
+    return read_kaldi_table(directory, root)
 
 
-def read_utterances(path: StrPath, root: StrPath | None = None) -> list[Utterance]:
+def read_utterances(path: StrPath, root: StrPath | None = None) -> UtteranceTable:
     """Read a Kaldi data directory (a folder with wav.scp) or else a VoxCeleb list file.
 
     ``root`` is passed on: the folder relative paths are resolved against (see the two readers).
@@ -225,6 +161,8 @@ def read_utterances(path: StrPath, root: StrPath | None = None) -> list[Utteranc
 
 def speaker_index(utts: Iterable[Utterance]) -> dict[str, int]:
     """Map speaker names to contiguous class ids 0..N-1 in sorted order, so ids do not depend on list order."""
+    if hasattr(utts, "speaker_names"):  # an UtteranceTable: its names are sorted already
+        return {spk: i for i, spk in enumerate(utts.speaker_names)}
     return {spk: i for i, spk in enumerate(sorted({u.spk for u in utts}))}
 
 
@@ -277,44 +215,24 @@ def _mismatch_problem(fields: list[str], fmt: str, first_line: int) -> tuple[str
     return f"label must be 'target' or 'nontarget', found {fields[2]!r} ({detected})", _FIX_LINE
 
 
-def _to_trial(fields: list[str], fmt: str) -> Trial:
-    """Build a Trial from fields already known to match ``fmt``."""
-    if fmt == _VOXCELEB:
-        return Trial(enroll=fields[1], test=fields[2], label=int(fields[0]))
-    if fmt == _KALDI:
-        return Trial(enroll=fields[0], test=fields[1], label=int(fields[2] == "target"))
-    return Trial(enroll=fields[0], test=fields[1], label=None)
-
-
-def read_trials(path: StrPath) -> list[Trial]:
+def read_trials(path: StrPath) -> TrialTable:
     """Read a VoxCeleb, Kaldi or unlabelled trial list; the first line fixes the format for the whole file.
 
+    Returns a columnar :class:`~voxfast.data.trials.TrialTable` (int32 id codes, int8 labels, line numbers) that
+    still indexes and iterates as a list of :class:`Trial`. Exact repeats of a pair are counted once (a repeated
+    trial would weigh twice in the EER) and logged with their lines.
+
     Raises:
-        VoxfastError: the file is missing or has no trials.
-        ListFormatError: a line does not fit the detected format (message names the line and why).
+        VoxfastError: the file is missing, not UTF-8 or has no trials.
+        ListFormatError: a line does not fit the detected format, or a pair has two labels (message names the
+            line and why).
     """
-    path = Path(path)
-    fmt, first_line = "", 0
-    trials: dict[tuple[str, str], tuple[Trial, int]] = {}  # pair -> (trial, line), in file order
-    repeats: list[str] = []
-    for lineno, fields in _lines(path, "trial file", _TRIAL_HINT):
-        if not fmt:
-            fmt, first_line = _detect_format(path, lineno, fields), lineno
-        elif not _matches(fields, fmt):
-            problem, fix = _mismatch_problem(fields, fmt, first_line)
-            raise _line_error(path, lineno, problem, " ".join(fields), fix)
-        trial = _to_trial(fields, fmt)
-        earlier = trials.setdefault((trial.enroll, trial.test), (trial, lineno))
-        if earlier[1] != lineno:
-            if earlier[0].label != trial.label:
-                raise _line_error(path, lineno, f"this pair has label {trial.label} here and {earlier[0].label} on "
-                                  f"line {earlier[1]}", " ".join(fields), "keep the right one and delete the other")
-            repeats.append(f"{lineno} (= {earlier[1]})")
-    if not trials:
-        raise VoxfastError(f"trial file has no trials: {path}; {_TRIAL_HINT}")
-    if repeats:  # counted once: a repeated trial would weigh twice in the EER
-        log.warning("%s: %d exact duplicate trial(s) ignored, at lines %s", path, len(repeats), ", ".join(repeats[:20]))
-    return [trial for trial, _ in trials.values()]
+    from voxfast.data.trials import parse_trials  # it builds on this module's messages
+
+    table, repeats, n_repeats = parse_trials(path)
+    if n_repeats:
+        log.warning("%s: %d exact duplicate trial(s) ignored, at lines %s", path, n_repeats, ", ".join(repeats))
+    return table
 
 
 # --------------------------------------------------------------------------------------------------
@@ -367,54 +285,56 @@ def write_trials(path: StrPath, trials: Sequence[Trial]) -> None:
     write_lines(path, (line(t) for t in trials))
 
 
-def _pair(trial: Trial | tuple[str, str]) -> tuple[str, str]:
-    """Accept Trial objects or the (enroll, test) tuples :func:`read_scores` returns."""
-    return (trial.enroll, trial.test) if isinstance(trial, Trial) else (trial[0], trial[1])
+def write_scores(path: StrPath, trials: Sequence[Trial | tuple[str, str]] | PairTable | TrialTable,
+                 scores: np.ndarray) -> None:
+    """Write ``enroll test score`` lines, score with 6 decimals (enough for EER to 1e-4 %), as f"{score:.6f}".
 
+    The lines are built as bytes in blocks of a million (numba, see voxfast.data.trials.score_bytes) and written
+    through the atomic writer: a few seconds for ten million trials, where one f-string per line took tens.
+    """
+    from voxfast.data.trials import PairTable, score_bytes
 
-def write_scores(path: StrPath, trials: Sequence[Trial | tuple[str, str]], scores: np.ndarray) -> None:
-    """Write ``enroll test score`` lines, score with 6 decimals (enough for EER to 1e-4 %)."""
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 1 or scores.size != len(trials):
         raise VoxfastError(f"{len(trials)} trials but {scores.size} scores; every trial needs exactly one score")
-
-    def lines() -> Iterator[str]:
-        for trial, score in zip(trials, scores.tolist(), strict=True):
-            enroll, test = _pair(trial)
-            yield f"{_check_token(enroll, 'enroll id')} {_check_token(test, 'test id')} {score:.6f}"
-
-    write_lines(path, lines())
+    pairs = PairTable.from_pairs(trials)
+    _check_ids(pairs)
+    with atomic_bytes(path) as f:
+        for block in score_bytes(pairs, scores):
+            f.write(block)
 
 
-def read_scores(path: StrPath) -> tuple[list[tuple[str, str]], np.ndarray]:
+def _check_ids(pairs: PairTable) -> None:
+    """:func:`_check_token` for the ids of a table: each distinct id is tested once, and the first pair (enroll
+    before test) holding a bad one is named as the line-by-line writer named it."""
+    from voxfast.data.trials import suspect_tokens
+
+    suspects = np.flatnonzero(suspect_tokens(pairs.ids))  # a superset, tested exactly below
+    bad = np.zeros(len(pairs.ids), dtype=bool)
+    bad[suspects] = [not u or u.startswith("#") or any(c.isspace() for c in u) for u in map(pairs.ids.__getitem__,
+                                                                                         suspects)]
+    if not bad.any():
+        return
+    rows = bad[pairs.enroll] | bad[pairs.test]
+    enroll, test = pairs.pair(int(np.argmax(rows)))
+    _check_token(enroll, "enroll id")
+    _check_token(test, "test id")
+
+
+def read_scores(path: StrPath) -> tuple[PairTable, np.ndarray]:
     """Read ``enroll test score`` lines into (pairs, float64 scores).
 
+    `pairs` is a columnar :class:`~voxfast.data.trials.PairTable` (id codes and line numbers) that still indexes,
+    iterates and compares as a list of ``(enroll, test)`` tuples. A score is what Python's float() reads;
     float64 keeps the 6 written decimals exact enough that tied scores stay tied and distinct ones distinct.
 
     Raises:
-        VoxfastError: the file is missing or empty.
+        VoxfastError: the file is missing, not UTF-8 or empty.
         ListFormatError: a line without 3 columns or with a score that is not a finite number.
     """
-    path = Path(path)
-    pairs: list[tuple[str, str]] = []
-    values: list[float] = []
-    for lineno, fields in _lines(path, "score file", "run scoring first or pass an existing score file"):
-        if len(fields) != 3:
-            raise _line_error(
-                path, lineno, f"expected 3 columns 'enroll test score', found {len(fields)}", " ".join(fields)
-            )
-        try:
-            value = float(fields[2])
-        except ValueError:
-            raise _line_error(path, lineno, f"score is not a number: {fields[2]!r}", " ".join(fields)) from None
-        if not math.isfinite(value):  # a NaN sorts anywhere: the EER would depend on where it landed
-            raise _line_error(path, lineno, f"score is not finite: {fields[2]!r}", " ".join(fields),
-                              "rescore: the model or the embeddings produced a non-finite value")
-        values.append(value)
-        pairs.append((fields[0], fields[1]))
-    if not pairs:
-        raise VoxfastError(f"score file has no scores: {path}; run scoring first or pass an existing score file")
-    return pairs, np.asarray(values, dtype=np.float64)
+    from voxfast.data.trials import parse_scores
+
+    return parse_scores(path)
 
 
 def data_line(path: StrPath, index: int) -> int:

@@ -32,6 +32,8 @@ from voxfast.audio.augment import (
 )
 from voxfast.audio.io import PCM16_SCALE, read_audio, read_random_crop, resample, to_float32
 from voxfast.audio.store import PackedStore
+from voxfast.data.sampler import SpeakerBatchSampler as SpeakerBatchSampler  # re-exported: its old home
+from voxfast.data.utterances import PathColumn
 from voxfast.errors import AudioLoadError, VoxfastError
 
 log = logging.getLogger(__name__)
@@ -88,7 +90,9 @@ class FileSource:
     seek cheaply, so each of its crops decodes the whole file (:func:`read_random_crop` warns once: pack it)."""
 
     def __init__(self, paths: Sequence[str], sample_rate: int, resample_mismatch: bool = False) -> None:
-        self.paths = list(paths)
+        # A PathColumn (a list's paths as one byte buffer) stays as it is: workers read it without writing to it,
+        # where a list of str would be copied into each worker page by page as reference counts change.
+        self.paths = paths if isinstance(paths, PathColumn) else list(paths)
         self.sample_rate = sample_rate
         self.resample_mismatch = resample_mismatch
 
@@ -120,7 +124,8 @@ class StoreSource:
     def __init__(self, store: PackedStore, indices: np.ndarray | None = None) -> None:
         self.store = store
         self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
-        self.speakers = store.speakers if self.indices is None else [store.speakers[i] for i in self.indices]
+        # int32 codes into store.speaker_names, item by item (a memmap slice or a copy: no per-item objects)
+        self.speaker_codes = store.speaker_codes if self.indices is None else store.speaker_codes[self.indices]
 
     def __len__(self) -> int:
         return len(self.store) if self.indices is None else len(self.indices)
@@ -254,7 +259,9 @@ class RingBatches(Sampler):
         return max(len(self.batches) - self.skip, 0)
 
     def __iter__(self) -> Iterator[list[CropKey]]:
-        batches = itertools.islice(self.batches, self.skip, None)
+        # A sampler that can start at a batch (SpeakerBatchSampler.iter_from) skips without making the batches.
+        iter_from = getattr(self.batches, "iter_from", None)
+        batches = iter_from(self.skip) if iter_from is not None else itertools.islice(self.batches, self.skip, None)
         for j, batch in enumerate(batches):
             yield [CropKey(index, seed, j % self.slots, row) for row, (index, seed) in enumerate(batch)]
 
@@ -418,109 +425,6 @@ def collate_crops(items: list[CropItem]) -> dict[str, Any]:
     if plans and plans[0] is not None:
         batch["aug"] = stack_plans(plans)
     return batch
-
-
-class _EpochBatches(NamedTuple):
-    """This rank's batches of one epoch, kept because len() and iter() both need them."""
-
-    epoch: int
-    batches: list[list[tuple[int, int]]]  # (utterance index, crop seed) per item
-
-
-class SpeakerBatchSampler(Sampler):
-    """Batches in which no speaker appears twice, with `n_per_speaker` crops of each speaker side by side.
-
-    Per epoch: each speaker's utterances are shuffled, capped at `max_seg_per_spk`, and cut into groups of
-    `n_per_speaker`; groups are shuffled and packed into batches, a group whose speaker is already in the
-    batch waiting for the next one (voxceleb_trainer drops such groups instead). With several processes,
-    rank r takes every world-th batch, and every rank gets the same number of batches.
-    Each yielded item is (utterance index, crop seed).
-    """
-
-    def __init__(
-        self,
-        labels: Sequence[int],
-        batch_size: int,
-        n_per_speaker: int = 1,
-        max_seg_per_spk: int = 0,
-        seed: int = 0,
-        rank: int = 0,
-        world: int = 1,
-    ) -> None:
-        if batch_size % n_per_speaker:
-            raise ValueError(f"batch_size {batch_size} is not a multiple of n_per_speaker {n_per_speaker}")
-        self.labels = np.asarray(labels, dtype=np.int64)
-        self.batch_size, self.n_per_speaker = batch_size, n_per_speaker
-        self.max_seg_per_spk = max_seg_per_spk
-        self.seed, self.rank, self.world = seed, rank, world
-        self.epoch = 0
-        self._cache: _EpochBatches | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self._batches())
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        return iter(self._batches())
-
-    def _batches(self) -> list[list[tuple[int, int]]]:
-        if self._cache is None or self._cache.epoch != self.epoch:
-            every = _pack_batches(self._groups(), self.batch_size // self.n_per_speaker)
-            per_rank = len(every) // self.world
-            mine = every[self.rank :: self.world][:per_rank]
-            rng = np.random.default_rng([self.seed, self.epoch, 1])
-            seeds = rng.integers(0, 2**62, size=(len(every), self.batch_size))[self.rank :: self.world]
-            batches = [list(zip(b, s.tolist(), strict=True)) for b, s in zip(mine, seeds, strict=False)]
-            self._cache = _EpochBatches(self.epoch, batches)
-        return self._cache.batches
-
-    def _groups(self) -> list[tuple[int, list[int]]]:
-        """(speaker, utterance indices) groups of one epoch, in random order."""
-        rng = np.random.default_rng([self.seed, self.epoch])
-        order = np.argsort(self.labels, kind="stable")
-        bounds = np.flatnonzero(np.diff(self.labels[order])) + 1
-        groups: list[tuple[int, list[int]]] = []
-        for members in np.split(order, bounds):
-            members = rng.permutation(members)
-            if self.max_seg_per_spk > 0:
-                members = members[: self.max_seg_per_spk]
-            usable = len(members) - len(members) % self.n_per_speaker
-            speaker = int(self.labels[members[0]]) if len(members) else -1
-            groups += [(speaker, g) for g in members[:usable].reshape(-1, self.n_per_speaker).tolist()]
-        return [groups[i] for i in rng.permutation(len(groups))]
-
-
-def _pack_batches(groups: list[tuple[int, list[int]]], slots: int) -> list[list[int]]:
-    """Fill batches of `slots` groups, deferring a group whose speaker the batch already holds.
-
-    Deferred groups wait per speaker and go first into the next batch that lacks their speaker, so
-    nothing is dropped except the remainder that cannot fill a last batch.
-    """
-    batches: list[list[int]] = []
-    waiting: dict[int, list[list[int]]] = {}
-    current: dict[int, list[int]] = {}
-    pending = iter(groups)
-    while True:
-        spk = next((k for k in waiting if k not in current), None)
-        if spk is not None:
-            group = waiting[spk].pop()
-            if not waiting[spk]:
-                del waiting[spk]
-        else:
-            item = next(pending, None)
-            if item is None:
-                break
-            spk, group = item
-            if spk in current:
-                waiting.setdefault(spk, []).append(group)
-                continue
-        current[spk] = group
-        if len(current) == slots:
-            batches.append([i for g in current.values() for i in g])
-            current = {}
-    return batches
 
 
 class FullUtterances(Dataset):

@@ -21,15 +21,19 @@ In ``full`` mode (and in ``voxfast.load(...).embed``) utterances shorter than :d
 second) are repeat-padded up to it, so one very short file embeds like the others instead of failing the whole run;
 ``crops`` pads every utterance to the crop length anyway.
 
-A DataLoader reads and pads the next batches in worker processes while the model runs.
+A DataLoader reads and pads the next batches in worker processes while the model runs. Under torchrun,
+:func:`extract_sharded` gives each rank an equal share of the audio and rank 0 merges the shards;
+:func:`speaker_subset` picks a few utterances per speaker for a speaker-mean cohort.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import numbers
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -46,8 +50,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from voxfast.audio.features import crop_samples
 from voxfast.audio.io import AUDIO_SUFFIXES, AUDIO_SUFFIXES_TEXT, audio_info, find_audio_files, read_audio, to_float32
-from voxfast.data.manifest import read_trials, read_utterances
+from voxfast.data.manifest import Utterance, read_trials, read_utterances
 from voxfast.errors import AudioLoadError, VoxfastError
+from voxfast.eval.tables import load_embeddings, save_embeddings
+from voxfast.fileio import atomic_text
 from voxfast.progress import progress_bar
 from voxfast.runtime import autocast_for
 
@@ -365,6 +371,8 @@ class ExtractSummary:
     resumed: int = 0
     dim: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    shards: int = 0  # sharded: how many shards rank 0 merged into the table (0: one process wrote it)
+    shard: str = ""  # sharded, ranks > 0: the shard file this process wrote (rank 0 writes the table)
 
 
 def extract_to_file(
@@ -392,27 +400,52 @@ def extract_to_file(
     sample_rate = check_sample_rate(sample_rate, "sample_rate")  # before the partial folder is made
     _check_unique(ids, paths)
     partial = _Partial(Path(out), settings or {})
-    done = partial.load(set(ids))
-    todo = [i for i, utt in enumerate(ids) if utt not in done]
-    summary = ExtractSummary(resumed=len(done))
-    skipped = SkippedFiles(max_consecutive_failures)
-    last_flush = time.monotonic()
-    for indices, emb in embed_batches(model, [paths[i] for i in todo], device, batching, sample_rate, num_workers,
-                                      precision, skipped, progress):
-        partial.add([ids[todo[i]] for i in indices], emb)
-        if time.monotonic() - last_flush >= flush_seconds:
-            done.update(partial.flush())
-            last_flush = time.monotonic()
-    done.update(partial.flush())
-    summary.skipped = skipped.items
+    run = _Run(model, device, batching, sample_rate, num_workers, precision, flush_seconds, max_consecutive_failures,
+               progress)
+    done, summary = _embed_resumable(run, ids, paths, partial)
     kept = [utt for utt in ids if utt in done]
     if not kept:
-        raise VoxfastError(f"no utterance could be embedded ({len(skipped.items)} unreadable); nothing written")
+        raise VoxfastError(f"no utterance could be embedded ({len(summary.skipped)} unreadable); nothing written")
     table = np.stack([done[utt] for utt in kept])
     save_embeddings(out, kept, table)
     partial.remove()
     summary.written, summary.dim = len(kept), table.shape[1]
     return summary
+
+
+@dataclass(frozen=True)
+class _Run:
+    """How one process embeds (model, device, batching, reading), shared by whole tables and shards."""
+
+    model: nn.Module
+    device: torch.device
+    batching: Batching
+    sample_rate: int = 16000
+    num_workers: int = 0
+    precision: str = "fp32"
+    flush_seconds: float = 30.0
+    max_consecutive_failures: int = 20
+    progress: bool = False
+
+
+def _embed_resumable(run: _Run, ids: Sequence[str], paths: Sequence[str], partial: _Partial
+                     ) -> tuple[dict[str, np.ndarray], ExtractSummary]:
+    """Rows of every readable id (those of an interrupted run read back from `partial`, the rest embedded and
+    flushed to it every `flush_seconds`), and a summary with `resumed` and `skipped` filled in."""
+    done = partial.load(set(ids))
+    todo = [i for i, utt in enumerate(ids) if utt not in done]
+    summary = ExtractSummary(resumed=len(done))
+    skipped = SkippedFiles(run.max_consecutive_failures)
+    last_flush = time.monotonic()
+    for indices, emb in embed_batches(run.model, [paths[i] for i in todo], run.device, run.batching,
+                                      run.sample_rate, run.num_workers, run.precision, skipped, run.progress):
+        partial.add([ids[todo[i]] for i in indices], emb)
+        if time.monotonic() - last_flush >= run.flush_seconds:
+            done.update(partial.flush())
+            last_flush = time.monotonic()
+    done.update(partial.flush())
+    summary.skipped = skipped.items
+    return done, summary
 
 
 def _check_unique(ids: Sequence[str], paths: Sequence[str]) -> None:
@@ -483,31 +516,311 @@ class _Partial:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+# ------------------------------------------------------------------------------------------------- shards
+
+_SHARD = re.compile(r"^rank-(\d+)-of-(\d+)\b")
+
+
+def extract_sharded(
+    model: nn.Module,
+    ids: Sequence[str],
+    paths: Sequence[str],
+    out: str | Path,
+    device: torch.device,
+    batching: Batching,
+    rank: int,
+    world: int,
+    sample_rate: int = 16000,
+    num_workers: int = 0,
+    precision: str = "fp32",
+    settings: dict[str, Any] | None = None,
+    flush_seconds: float = 30.0,
+    max_consecutive_failures: int = 20,
+    progress: bool = False,
+    poll_seconds: float = 2.0,
+) -> ExtractSummary:
+    """:func:`extract_to_file` split over `world` processes (torchrun): this rank's share into a shard, rank 0
+    merges.
+
+    Every rank computes the same split (:func:`deal_by_size`: equal audio per rank, so ranks finish together),
+    embeds its share into ``OUT.shards/rank-R-of-W.npz`` through the resumable partial folder of that shard, and
+    marks it finished with ``rank-R-of-W.json`` (settings, the share's fingerprint, the skipped files), written
+    after the shard. Rank 0 then waits for every marker, checks that each utterance is in exactly one shard or
+    skipped by its rank, writes OUT in the order of `ids` and removes ``OUT.shards/``; the other ranks return a
+    summary of their shard alone.
+
+    The finish line is files, not a ``torch.distributed`` barrier: ranks can end hours apart (a resumed rank
+    with nothing left, a slow disk) and a collective times out after 30 minutes; a marker also outlives a killed
+    launch, so a re-run with the same world size resumes every shard, finished or not, and can merge. (Across
+    nodes OUT's folder must be shared, which the merge needs anyway.) World 1 is :func:`extract_to_file`, after
+    the check that no shards of a multi-process run are waiting.
+    """
+    sample_rate = check_sample_rate(sample_rate, "sample_rate")
+    _check_unique(ids, paths)
+    out = Path(out)
+    folder = shard_folder(out)
+    _check_world(folder, out, world)
+    if world == 1:
+        return extract_to_file(model, ids, paths, out, device, batching, sample_rate, num_workers, precision,
+                               settings, flush_seconds, max_consecutive_failures, progress)
+    if not 0 <= rank < world:
+        raise VoxfastError(f"rank {rank} outside world size {world} (check RANK and WORLD_SIZE)")
+    started = time.time()
+    run = _Run(model, device, batching, sample_rate, num_workers, precision, flush_seconds, max_consecutive_failures,
+               progress)
+    share = deal_by_size(paths, world, max(num_workers, 4))[rank]
+    mine = _Shard(folder, rank, world, settings or {})
+    summary = mine.extract(run, [ids[i] for i in share], [paths[i] for i in share])
+    if rank != 0:
+        return summary
+    return _merge(folder, out, ids, world, mine.settings, poll_seconds, started)
+
+
+def shard_folder(out: str | Path) -> Path:
+    """Where the shards of a sharded extraction of OUT live: ``OUT.shards/`` beside it."""
+    out = Path(out)
+    return out.with_name(out.name + ".shards")
+
+
+def _check_world(folder: Path, out: Path, world: int) -> None:
+    """Shards (or a single-process partial folder) of another world size cannot be resumed by this launch: their
+    utterances were dealt for that many ranks. Say which and what to do, before any work."""
+    partial = out.with_name(out.name + ".partial")
+    if world > 1 and partial.is_dir():
+        raise VoxfastError(f"{partial} holds an interrupted single-process extraction of {out}; rerun without "
+                           "torchrun to resume it, or delete that folder to extract with "
+                           f"{world} processes")
+    sizes = {int(m[2]) for p in folder.glob("rank-*") if (m := _SHARD.match(p.name))} if folder.is_dir() else set()
+    others = sorted(sizes - {world})
+    if others:
+        raise VoxfastError(f"{folder} holds the shards of an interrupted {others[0]}-process extraction, but this "
+                           f"run has {world}; rerun with `torchrun --nproc_per_node {others[0]}` (same command) "
+                           f"to resume it, or delete {folder} to start afresh")
+
+
+def deal_by_size(paths: Sequence[str], world: int, threads: int = 4) -> list[list[int]]:
+    """Positions in `paths` of each rank's share, in list order: utterances sorted by file size, largest first,
+    dealt in a snake (0..W-1, W-1..0, ...), so shares differ by at most one utterance and about the audio of one.
+
+    File size stands for length: a stat costs no decoding (every rank computes the split, at a million files),
+    and bytes grow with duration for WAV exactly and for AAC nearly. A missing file counts 0; its rank reports it.
+    Equal counts matter as well as equal audio: opening and decoding cost per file, which equal-audio blocks of
+    the sorted list (few long files against many short ones) would leave unequal.
+    """
+    sizes = _file_sizes(paths, threads)
+    order = sorted(range(len(paths)), key=lambda i: (-sizes[i], i))
+    shares: list[list[int]] = [[] for _ in range(world)]
+    for k, i in enumerate(order):
+        turn, seat = divmod(k, world)
+        shares[seat if turn % 2 == 0 else world - 1 - seat].append(i)
+    return [sorted(share) for share in shares]
+
+
+def _file_sizes(paths: Sequence[str], threads: int) -> list[int]:
+    def size(path: str) -> int:
+        try:
+            return os.stat(path).st_size
+        except OSError:
+            return 0
+
+    with ThreadPoolExecutor(max(threads, 1)) as pool:
+        return list(pool.map(size, paths, chunksize=1024))
+
+
+class _Shard:
+    """One rank's shard: ``rank-R-of-W.npz`` (its rows), its partial folder, and ``rank-R-of-W.json`` (finished)."""
+
+    def __init__(self, folder: Path, rank: int, world: int, settings: dict[str, Any]) -> None:
+        self.folder, self.rank, self.world = folder, rank, world
+        self.settings = json.loads(json.dumps(settings))  # as it reads back
+        self.table = folder / f"rank-{rank}-of-{world}.npz"
+        self.marker = folder / f"rank-{rank}-of-{world}.json"
+
+    def extract(self, run: _Run, ids: list[str], paths: list[str]) -> ExtractSummary:
+        """Embed the share (resuming its partial folder) unless a finished shard of the same share is there."""
+        fingerprint = _fingerprint(ids)
+        finished = self._finished(fingerprint)
+        if finished is not None:
+            log.info("%s: finished by an earlier launch, %d rows", self.table, finished.written)
+            return finished
+        self.folder.mkdir(parents=True, exist_ok=True)
+        partial = _Partial(self.table, {**self.settings, "shard": fingerprint})
+        done, summary = _embed_resumable(run, ids, paths, partial)
+        kept = [utt for utt in ids if utt in done]
+        table = np.stack([done[utt] for utt in kept]) if kept else np.zeros((0, 0), np.float32)
+        save_embeddings(self.table, kept, table)
+        missing = [(utt, path) for utt, path in zip(ids, paths, strict=True) if utt not in done]
+        with atomic_text(self.marker) as f:
+            json.dump({"settings": self.settings, "shard": fingerprint, "written": len(kept), "dim": table.shape[1],
+                       "resumed": summary.resumed, "missing": missing, "skipped": summary.skipped}, f)
+        partial.remove()
+        summary.written, summary.dim, summary.shard = len(kept), table.shape[1], str(self.table)
+        return summary
+
+    def _finished(self, fingerprint: str) -> ExtractSummary | None:
+        """The summary of this shard finished by an earlier launch with the same settings and share, else None."""
+        if not self.marker.is_file():
+            return None
+        if not self.table.is_file():  # the rows went missing: embed again, and let rank 0 wait for the new marker
+            self.marker.unlink(missing_ok=True)
+            return None
+        record = _read_marker(self.marker)
+        if record["settings"] != self.settings or record["shard"] != fingerprint:
+            raise VoxfastError(f"{self.marker}: this shard was extracted with other settings or another list "
+                               f"({_changed(record['settings'], self.settings) or 'the utterances'}); rerun with "
+                               f"the same ones to resume, or delete {self.folder} to start afresh")
+        return ExtractSummary(written=record["written"], resumed=record["written"], dim=record["dim"],
+                              shard=str(self.table), skipped=[(str(f), str(why)) for f, why in record["skipped"]])
+
+
+def _fingerprint(ids: Sequence[str]) -> str:
+    """Which utterances a share holds: a changed list or split must not be merged with an old shard."""
+    return f"{len(ids)}:{hashlib.sha1(chr(10).join(ids).encode()).hexdigest()}"
+
+
+def _changed(a: dict[str, Any], b: dict[str, Any]) -> str:
+    return ", ".join(sorted(k for k in {*a, *b} if a.get(k) != b.get(k)))
+
+
+def _read_marker(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text())
+        _ = record["settings"], record["shard"], record["written"], record["dim"], record["missing"], record["skipped"]
+        return record
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise VoxfastError(f"{path}: unreadable shard record ({exc}); delete {path.parent} to start afresh"
+                           ) from exc
+
+
+def _merge(folder: Path, out: Path, ids: Sequence[str], world: int, settings: dict[str, Any], poll: float,
+           started: float) -> ExtractSummary:
+    """Rank 0: wait for every shard's marker, check that each id is in exactly one shard or skipped by its rank,
+    write OUT in the order of `ids` and remove the shard folder. A shard finished before this launch `started`
+    counts all its rows as resumed."""
+    records = _wait_for_shards(folder, world, poll, started)
+    rows: dict[str, np.ndarray] = {}
+    summary = ExtractSummary(shards=world)
+    missing: set[str] = set()
+    for rank, record in enumerate(records):
+        if record["settings"] != settings:
+            raise VoxfastError(f"{folder}/rank-{rank}-of-{world}.json: extracted with other settings "
+                               f"({_changed(record['settings'], settings)}); delete {folder} and extract again")
+        shard_ids, emb = load_embeddings(folder / f"rank-{rank}-of-{world}.npz")
+        twice = next((u for u in shard_ids if u in rows), None)
+        if twice is not None:
+            raise VoxfastError(f"{folder}: utterance {twice!r} is in two shards; delete {folder} and extract again")
+        rows.update(zip(shard_ids, emb, strict=True))
+        missing.update(utt for utt, _ in record["missing"])
+        summary.resumed += record["written"] if record["earlier"] else record["resumed"]
+        summary.skipped += [(str(f), str(why)) for f, why in record["skipped"]]
+    _check_complete(folder, ids, rows, missing)
+    kept = [utt for utt in ids if utt in rows]
+    if not kept:
+        raise VoxfastError(f"no utterance could be embedded ({len(summary.skipped)} unreadable); nothing written")
+    table = np.stack([rows[utt] for utt in kept])
+    save_embeddings(out, kept, table)
+    shutil.rmtree(folder, ignore_errors=True)
+    summary.written, summary.dim = len(kept), table.shape[1]
+    return summary
+
+
+def _wait_for_shards(folder: Path, world: int, poll: float, started: float) -> list[dict[str, Any]]:
+    """Every rank's finished-shard record, polling for the missing ones (torchrun stops rank 0 if a rank fails),
+    each with ``earlier``: written before this launch `started`."""
+    markers = [folder / f"rank-{r}-of-{world}.json" for r in range(world)]
+    waited, said = 0.0, 0.0
+    while not all(m.is_file() for m in markers):
+        if waited - said >= 600:
+            said = waited
+            log.info("waiting for shards %s", [m.name for m in markers if not m.is_file()])
+        time.sleep(poll)
+        waited += poll
+    return [{**_read_marker(m), "earlier": m.stat().st_mtime < started} for m in markers]
+
+
+def _check_complete(folder: Path, ids: Sequence[str], rows: dict[str, np.ndarray], missing: set[str]) -> None:
+    """Every id of the source is in one shard or skipped by its rank, and nothing else is: a shard from another
+    list is refused instead of silently dropping or adding utterances."""
+    wanted = set(ids)
+    stray = next((u for u in [*rows, *missing] if u not in wanted), None)
+    lost = next((u for u in ids if u not in rows and u not in missing), None)
+    if stray is not None or lost is not None:
+        what = f"{stray!r} is not in the source" if stray is not None else f"{lost!r} is in no shard"
+        raise VoxfastError(f"{folder}: the shards do not match the source ({what}); delete {folder} and extract "
+                           "again")
+
+
 # ------------------------------------------------------------------------------------------------- sources
 
 
-def extraction_source(source: str | Path, root: str | Path | None = None) -> tuple[list[str], list[str]]:
+def extraction_source(source: str | Path, root: str | Path | None = None, per_speaker: int = 0, seed: int = 0
+                      ) -> tuple[list[str], list[str]]:
     """(ids, audio paths) of a training list, a Kaldi data dir, a folder of audio files or a trial list.
 
     Folder: every audio file below it (:func:`find_audio_files`), id = the path relative to it. Trial list (its
     first line has 3 columns, or 2 audio file names): every utterance it names once, id = the name as written,
     path relative to `root` (default: the list's folder), so ``voxfast score`` finds the ids. Otherwise
-    ``read_utterances``.
+    ``read_utterances``. `per_speaker` > 0 keeps only that many utterances of each speaker
+    (:func:`speaker_subset`), which needs a source with speakers: a training list or a Kaldi dir.
     """
+    if per_speaker < 0:
+        raise VoxfastError(f"per_speaker must be >= 0 (0: every utterance), got {per_speaker}")
     source = Path(source)
     if source.is_dir() and not (source / "wav.scp").is_file():
+        _no_speakers(source, "a folder of audio files", per_speaker)
         files = find_audio_files(source)
         if not files:
             raise VoxfastError(f"{source}: no {AUDIO_SUFFIXES_TEXT} files found (pass a list, a Kaldi dir or a "
                                "folder of audio)")
         return [p.relative_to(source).as_posix() for p in files], [str(p.resolve()) for p in files]
     if source.is_file() and _is_trial_list(source):
+        _no_speakers(source, "a trial list", per_speaker)
         trials = read_trials(source)
         names = sorted({name for t in trials for name in (t.enroll, t.test)})
         base = Path(root) if root is not None else source.parent
         return names, [os.path.normpath(base / name) for name in names]
     utts = read_utterances(source, root)
+    if per_speaker:
+        utts = speaker_subset(utts, per_speaker, seed)
     return [u.utt for u in utts], [u.path for u in utts]
+
+
+def _no_speakers(source: Path, kind: str, per_speaker: int) -> None:
+    if per_speaker:
+        raise VoxfastError(f"{source} is {kind}: it names no speakers, so --per-speaker cannot choose among a "
+                           "speaker's utterances; pass the training list or Kaldi data dir of the cohort")
+
+
+def speaker_subset(utts: Sequence[Utterance], per_speaker: int, seed: int = 0) -> list[Utterance]:
+    """At most `per_speaker` utterances of each speaker, in list order: a speaker-mean cohort for N x speakers
+    utterances instead of all of them (VoxCeleb2: 5,994 means from 10 x 5,994 files, not 1.09 M).
+
+    The rule: a speaker with more than N utterances keeps those at positions
+    ``numpy.random.default_rng(s).choice(count, N, replace=False)`` of its utterances sorted by id, with
+    ``s = int.from_bytes(sha256(f"{seed}:{speaker}").digest()[:8], "little")``; one with N or fewer keeps all.
+
+    Why uniformly random: a speaker mean estimates the speaker's average embedding over all of their speech, and
+    a uniform sample does that without bias, spreading over the speaker's sessions (videos) as the full list
+    does. The longest utterances would favour a few long sessions (one channel, one room) and need every file's
+    header read first. Seeded per speaker from its name, the choice is the same whatever the list's order or the
+    other speakers in it, so a grown list keeps its earlier picks.
+    """
+    if per_speaker <= 0:
+        raise VoxfastError(f"per_speaker must be > 0, got {per_speaker}")
+    members: dict[str, list[int]] = {}
+    for i, u in enumerate(utts):
+        members.setdefault(u.spk, []).append(i)
+    chosen: list[int] = []
+    for spk, own in members.items():
+        if len(own) <= per_speaker:
+            chosen += own
+            continue
+        ranked = sorted(own, key=lambda i: utts[i].utt)
+        digest = hashlib.sha256(f"{seed}:{spk}".encode()).digest()[:8]
+        picks = np.random.default_rng(int.from_bytes(digest, "little")).choice(len(ranked), per_speaker,
+                                                                               replace=False)
+        chosen += [ranked[j] for j in picks]
+    return [utts[i] for i in sorted(chosen)]
 
 
 def _is_trial_list(path: Path) -> bool:
@@ -521,52 +834,3 @@ def _is_trial_list(path: Path) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------- files
-
-
-def save_embeddings(path: str | Path, ids: Sequence[str], emb: np.ndarray) -> None:
-    """Write an embedding table keyed by utterance id: one .npz holding `ids` (str) and `emb` (N, D) float32.
-
-    Written to a temporary file and renamed, so a killed extraction never leaves a truncated table behind.
-    """
-    emb = np.asarray(emb, dtype=np.float32)
-    if emb.ndim != 2 or emb.shape[0] != len(ids):
-        raise ValueError(f"expected (len(ids), D) embeddings, got {emb.shape} for {len(ids)} ids")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, ids=np.asarray(list(ids), dtype=str), emb=emb)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def load_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:
-    """(ids, (N, D) float32) from :func:`save_embeddings`; a missing or foreign file fails naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise VoxfastError(f"embedding file not found: {path} (write one with `voxfast extract`)")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            ids, emb = [str(u) for u in data["ids"]], np.asarray(data["emb"], dtype=np.float32)
-    except (OSError, ValueError, KeyError) as exc:
-        raise VoxfastError(f"{path}: not a voxfast embedding file ({exc}); write one with `voxfast extract`") from exc
-    if emb.ndim != 2 or len(ids) != emb.shape[0]:
-        raise VoxfastError(f"{path}: {len(ids)} ids for embeddings of shape {emb.shape}")
-    _check_rows(path, ids, emb)
-    return ids, emb
-
-
-def _check_rows(path: Path, ids: list[str], emb: np.ndarray) -> None:
-    """A table that would score silently wrong is refused: a repeated id (which row would a trial get?) or a row
-    that is zero or not finite (its cosine is NaN or 0 whatever the other side), each named."""
-    seen: set[str] = set()
-    repeated = next((u for u in ids if u in seen or seen.add(u)), None)
-    if repeated is not None:
-        raise VoxfastError(f"{path}: id {repeated!r} appears more than once; extract the table again")
-    norms = np.linalg.norm(emb.astype(np.float64), axis=1)
-    bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
-    if bad.size:
-        kind = "not finite" if not np.isfinite(norms[bad[0]]) else "all zeros"
-        raise VoxfastError(f"{path}: the embedding of {ids[bad[0]]!r} is {kind} ({bad.size} such row(s)); extract "
-                           "that utterance again, or check its audio")

@@ -8,21 +8,44 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from voxfast.data.manifest import Trial, data_line
+from voxfast.columns import StringColumn, id_codes, lookup_codes
+from voxfast.data.manifest import Trial
+from voxfast.data.trials import PairTable, TrialTable, sorted_with_order
 from voxfast.errors import VoxfastError
 
 
-def trial_indices(trials: Sequence[Trial], index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Row numbers of each trial's enroll and test utterance; missing ids fail with a count and examples."""
-    missing = sorted({u for t in trials for u in (t.enroll, t.test) if u not in index})
+def trial_indices(trials: Sequence[Trial] | TrialTable, index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Row numbers of each trial's enroll and test utterance; missing ids fail with a count and examples.
+
+    A TrialTable is mapped once per distinct id, and its codes give the trials' rows without a loop per trial.
+    """
+    if isinstance(trials, TrialTable):
+        rows = np.fromiter((index.get(u, -1) for u in trials.ids), dtype=np.int64, count=len(trials.ids))
+        _refuse_missing([trials.ids[k] for k in np.flatnonzero(rows < 0)])
+        return rows[trials.enroll], rows[trials.test]
+    _refuse_missing(sorted({u for t in trials for u in (t.enroll, t.test) if u not in index}))
+    enroll = np.fromiter((index[t.enroll] for t in trials), dtype=np.int64, count=len(trials))
+    test = np.fromiter((index[t.test] for t in trials), dtype=np.int64, count=len(trials))
+    return enroll, test
+
+
+def _refuse_missing(missing: list[str]) -> None:
     if missing:
+        missing = sorted(missing)
         raise VoxfastError(
             f"{len(missing)} utterance(s) in the trial list have no embedding, first {min(10, len(missing))}: "
             f"{', '.join(missing[:10])} (extract embeddings for the same list, or check eval.root)"
         )
-    enroll = np.fromiter((index[t.enroll] for t in trials), dtype=np.int64, count=len(trials))
-    test = np.fromiter((index[t.test] for t in trials), dtype=np.int64, count=len(trials))
-    return enroll, test
+
+
+def embedding_rows(trial_ids: StringColumn, ids: Sequence[str] | StringColumn) -> np.ndarray:
+    """The row of `ids` (an embedding table's, unique as load_embeddings checks) holding each trial id, matched by
+    hash (:func:`voxfast.columns.hash_fields`): one lookup per distinct id, none per trial."""
+    table_ids = ids if isinstance(ids, StringColumn) else StringColumn.from_strings(ids)
+    codes = id_codes(*table_ids.hashes())
+    found = lookup_codes(codes, *trial_ids.hashes())
+    _refuse_missing([trial_ids[k] for k in np.flatnonzero(found < 0)])
+    return codes.first[found]
 
 
 def cosine_scores(emb: np.ndarray, enroll: np.ndarray, test: np.ndarray) -> np.ndarray:
@@ -142,25 +165,35 @@ def as_norm_scores(
     Statistics are computed once per distinct utterance, not per trial. A ``top_n`` above the cohort size
     uses the whole cohort (S-norm), as WeSpeaker does. Rows of ``emb`` and ``cohort`` are L2-normalised here.
     """
+    top_n = _check_cohort(emb, cohort, top_n)
+    used, where = np.unique(np.concatenate([enroll, test]), return_inverse=True)
+    return _as_norm_rows(emb[used], where[: len(enroll)], where[len(enroll) :], cohort, top_n)
+
+
+def _check_cohort(emb: np.ndarray, cohort: np.ndarray, top_n: int) -> int:
+    """The top-N AS-norm can use (at most the cohort size); a cohort of another dimension or too small fails."""
     if cohort.ndim != 2 or cohort.shape[1] != emb.shape[1]:
         raise VoxfastError(f"cohort embeddings of shape {cohort.shape} do not match trial embeddings of dimension "
                            f"{emb.shape[1]}; extract the cohort with the same model")
-    cohort = l2_normalise(cohort)
     top_n = min(top_n, len(cohort))
     if top_n < 2:
         raise VoxfastError(f"AS-norm needs at least 2 cohort scores per utterance for a std, got top-N {top_n} "
                            f"with a cohort of {len(cohort)}; use a larger cohort or --top-n")
-    used, where = np.unique(np.concatenate([enroll, test]), return_inverse=True)
-    rows = l2_normalise(emb[used])
+    return top_n
+
+
+def _as_norm_rows(rows: np.ndarray, e: np.ndarray, t: np.ndarray, cohort: np.ndarray, top_n: int) -> np.ndarray:
+    """AS-norm of the row pairs (e[i], t[i]) of `rows`, every row used by some trial (checked cohort)."""
+    rows = l2_normalise(rows)
+    cohort = l2_normalise(cohort)
     mean, std = _top_n_stats(rows, cohort, top_n)
-    e, t = where[: len(enroll)], where[len(enroll) :]
     raw = cosine_scores(rows, e, t).astype(np.float64)
     return (0.5 * ((raw - mean[e]) / std[e] + (raw - mean[t]) / std[t])).astype(np.float32)
 
 
 def score_trials_from_table(
-    trials: Sequence[Trial],
-    ids: Sequence[str],
+    trials: Sequence[Trial] | TrialTable,
+    ids: Sequence[str] | StringColumn,
     emb: np.ndarray,
     mean: np.ndarray | None = None,
     cohort: np.ndarray | None = None,
@@ -168,47 +201,90 @@ def score_trials_from_table(
 ) -> np.ndarray:
     """Score trials from an embedding table: cosine, after mean subtraction if ``mean``, AS-norm if ``cohort``.
 
-    The mean is removed from the cohort too, so trial and cohort scores live in the same space.
+    Trial ids are matched to table rows by hash, once per distinct id (:func:`embedding_rows`). The mean is
+    removed from the cohort too, so trial and cohort scores live in the same space.
     """
-    enroll, test = trial_indices(trials, {u: i for i, u in enumerate(ids)})
-    table = l2_normalise(emb) if mean is None else subtract_mean(emb, mean)
+    table = TrialTable.from_trials(trials)
+    rows = embedding_rows(table.ids, ids)
+    emb = l2_normalise(emb) if mean is None else subtract_mean(emb, mean)
     if cohort is None:
-        return cosine_scores(table, enroll, test)
+        return cosine_scores(emb, rows[table.enroll], rows[table.test])
     cohort = cohort if mean is None else subtract_mean(cohort, mean)
-    return as_norm_scores(table, enroll, test, cohort, top_n)
+    top_n = _check_cohort(emb, cohort, top_n)
+    return _as_norm_rows(emb[rows], table.enroll, table.test, cohort, top_n)
 
 
-def labels_in_score_order(score_path: str | Path, pairs: Sequence[tuple[str, str]], trial_path: str | Path,
-                          trials: Sequence[Trial]) -> np.ndarray | None:
-    """Each scored pair's label (None for an unlabelled list); fails at the first line that does not match.
-
-    Score files written by voxfast follow the trial list, so an in-order comparison settles most files
-    without building a dictionary of millions of pairs.
-    """
-    if pairs != [(t.enroll, t.test) for t in trials]:
-        trials = _trials_in_score_order(score_path, pairs, trial_path, trials)
-    if trials[0].label is None:  # a trial list has one format, so all or none are labelled
-        return None
-    return np.fromiter((t.label for t in trials), dtype=bool, count=len(trials))
+def labels_in_score_order(score_path: str | Path, pairs: Sequence[tuple[str, str]] | PairTable,
+                          trial_path: str | Path, trials: Sequence[Trial] | TrialTable) -> np.ndarray | None:
+    """Each scored pair's label (None for an unlabelled list); a pair the trials lack, a pair scored twice or a
+    trial without a score fails naming its line (the first in the file)."""
+    table = TrialTable.from_trials(trials)
+    order = score_order(score_path, pairs, trial_path, table)  # checked for an unlabelled list too
+    return table.labels[order] == 1 if table.labelled else None
 
 
-def _trials_in_score_order(score_path: str | Path, pairs: Sequence[tuple[str, str]], trial_path: str | Path,
-                           trials: Sequence[Trial]) -> list[Trial]:
-    by_pair = {(t.enroll, t.test): t for t in trials}
-    first_seen: dict[tuple[str, str], int] = {}
-    for i, pair in enumerate(pairs):
-        if pair not in by_pair:
-            raise VoxfastError(f"{score_path}:{data_line(score_path, i)}: pair {' '.join(pair)!r} is not in the "
-                               f"trial list {trial_path} (score and evaluate with the same trial list)")
-        if (first := first_seen.setdefault(pair, i)) != i:
-            raise VoxfastError(f"{score_path}:{data_line(score_path, i)}: pair {' '.join(pair)!r} is scored "
-                               f"twice (first on line {data_line(score_path, first)}); keep one score per trial")
-    unscored = next((i for i, t in enumerate(trials) if (t.enroll, t.test) not in first_seen), None)
-    if unscored is not None:
-        t = trials[unscored]
-        raise VoxfastError(f"{trial_path}:{data_line(trial_path, unscored)}: trial '{t.enroll} {t.test}' has no "
-                           f"score in {score_path} (score and evaluate with the same trial list)")
-    return [by_pair[pair] for pair in pairs]
+def score_order(score_path: str | Path, pairs: Sequence[tuple[str, str]] | PairTable, trial_path: str | Path,
+                trials: TrialTable) -> np.ndarray:
+    """The trial index of each score line, matched by integer pair keys: score ids are mapped to the trials'
+    id codes by hash, and the two sorted key arrays must be equal. Score files written by voxfast follow the trial
+    list, which one array comparison settles without sorting."""
+    scored = PairTable.from_pairs(pairs)
+    keys = _keys_in(scored, trials)
+    if len(keys) == len(trials) and np.array_equal(keys, trials.pair_keys()):
+        return np.arange(len(keys))
+    sorted_keys, by_key = sorted_with_order(keys)
+    sorted_trials, trials_by_key = trials.sorted_keys()
+    if len(keys) == len(trials) and np.array_equal(sorted_keys, sorted_trials):
+        order = np.empty(len(keys), np.int64)
+        order[by_key] = trials_by_key
+        return order
+    raise _mismatch(score_path, scored, trial_path, trials, (sorted_keys, by_key), (sorted_trials, trials_by_key))
+
+
+def _keys_in(scored: PairTable, trials: TrialTable) -> np.ndarray:
+    """Pair keys of the scored pairs in the trials' key space (trials.pair_keys()); -1 where an id is not a trial
+    id."""
+    codes = id_codes(*trials.ids.hashes())
+    found = lookup_codes(codes, *scored.ids.hashes())
+    code = np.where(found >= 0, codes.first[np.maximum(found, 0)], -1).astype(np.int32)
+    return _mapped_pair_keys(code, scored.enroll, scored.test, len(trials.ids))
+
+
+@numba.njit(cache=True)
+def _mapped_pair_keys(code: np.ndarray, enroll: np.ndarray, test: np.ndarray, n_ids: int) -> np.ndarray:
+    """pair_keys of (code[enroll], code[test]) in one pass, without the 10 M-row temporaries of numpy."""
+    out = np.empty(len(enroll), np.int64)
+    for k in range(len(enroll)):
+        e, t = code[enroll[k]], code[test[k]]
+        out[k] = -1 if e < 0 or t < 0 else np.int64(e) * n_ids + t
+    return out
+
+
+def _mismatch(score_path: str | Path, scored: PairTable, trial_path: str | Path, trials: TrialTable,
+              scores_sorted: tuple[np.ndarray, np.ndarray], trials_sorted: tuple[np.ndarray, np.ndarray]
+              ) -> VoxfastError:
+    """The error for the first score line that is not a trial or repeats a pair, else the first unscored trial."""
+    keys, by_key = scores_sorted
+    trial_keys, trials_by_key = trials_sorted
+    pos = np.minimum(np.searchsorted(trial_keys, keys), max(len(trial_keys) - 1, 0))  # sorted queries: fast
+    absent = (keys < 0) | (trial_keys[pos] != keys) if len(trial_keys) else np.ones(len(keys), dtype=bool)
+    repeat = np.r_[False, keys[1:] == keys[:-1]]
+    bad = absent | repeat
+    if bad.any():
+        k = int(by_key[bad].min())
+        where, pair = f"{score_path}:{scored.line_no[k]}", " ".join(scored.pair(k))
+        if absent[np.flatnonzero(by_key == k)[0]]:
+            return VoxfastError(f"{where}: pair {pair!r} is not in the trial list {trial_path} (score and evaluate "
+                                "with the same trial list)")
+        run = np.flatnonzero(keys == keys[np.flatnonzero(by_key == k)[0]])
+        first = int(scored.line_no[int(by_key[run].min())])
+        return VoxfastError(f"{where}: pair {pair!r} is scored twice (first on line {first}); keep one score per "
+                            "trial")
+    pos = np.minimum(np.searchsorted(keys, trial_keys), len(keys) - 1)
+    unscored = int(trials_by_key[keys[pos] != trial_keys].min())
+    enroll, test = trials.pair(unscored)
+    return VoxfastError(f"{trial_path}:{trials.line_no[unscored]}: trial '{enroll} {test}' has no score in "
+                        f"{score_path} (score and evaluate with the same trial list)")
 
 
 def load_cohort(cohort: str | None, cohort_list: str | None = None, speaker_means: bool = False,
@@ -219,7 +295,7 @@ def load_cohort(cohort: str | None, cohort_list: str | None = None, speaker_mean
     `mean`: an embedding table whose mean is subtracted, or "cohort" for the cohort table's own mean.
     """
     from voxfast.data.manifest import read_utterances
-    from voxfast.eval.embeddings import load_embeddings
+    from voxfast.eval.tables import load_embeddings
 
     if cohort is None and (cohort_list or speaker_means or mean == "cohort"):
         raise VoxfastError("--cohort-list, --speaker-means and --mean cohort need --cohort COHORT.npz")

@@ -88,12 +88,12 @@ class SEResNet1d(nn.Module):
 
 
 @register_model(task="eeg")
-def eegnet(n_channels: int, n_samples: int, n_classes: int, sfreq: float) -> EEGNet:
+def eegnet(n_channels: int, n_samples: int, n_classes: int, sfreq: float, dropout: float = 0.25) -> EEGNet:
     """EEGNet-8,2 with the paper's kernel lengths in seconds (eeg.model default)."""
-    return EEGNet(n_channels, n_samples, n_classes, sfreq)
+    return EEGNet(n_channels, n_samples, n_classes, sfreq, dropout=dropout)
 
 
 @register_model(task="eeg")
-def se_resnet1d(n_channels: int, n_samples: int, n_classes: int, sfreq: float) -> SEResNet1d:
+def se_resnet1d(n_channels: int, n_samples: int, n_classes: int, sfreq: float, dropout: float = 0.25) -> SEResNet1d:
     """A 1-D SE-ResNet of three stages (32, 64, 128 channels); any window length and rate work."""
-    return SEResNet1d(n_channels, n_classes)
+    return SEResNet1d(n_channels, n_classes, dropout=dropout)

@@ -378,7 +378,7 @@ class EEGTask(ClassificationTask):
     def build_model(self) -> nn.Module:
         _, channels, samples = self.x.shape
         return create_model(self.cfg.eeg.model, "eeg", n_channels=channels, n_samples=samples,
-                            n_classes=len(self.classes), sfreq=self.data.sfreq)
+                            n_classes=len(self.classes), sfreq=self.data.sfreq, dropout=self.cfg.eeg.dropout)
 
     def gather(self, rows: np.ndarray, number: int, epoch: int) -> dict[str, Any]:
         """{"x", "label", "index"} (index: rows of the data set), plus "shift" (samples, drawn per (seed, epoch,

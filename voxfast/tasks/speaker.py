@@ -31,6 +31,7 @@ from voxfast.data.speaker import (
     to_float_wave,
 )
 from voxfast.data.synthetic import CorpusSpec, make_corpus
+from voxfast.data.utterances import UtteranceTable
 from voxfast.errors import VoxfastError
 from voxfast.eval.embeddings import Batching, extract_embeddings
 from voxfast.eval.metrics import verification_metrics
@@ -114,11 +115,10 @@ class SpeakerTask(Task):
         self.cfg = cfg
         check_model(cfg.model.name, "speaker")  # a typo fails before any data is read
         check_frontend(cfg.model.frontend)
-        source, speaker_names, origin = _training_source(cfg)
-        self.speakers = {name: i for i, name in enumerate(sorted(set(speaker_names)))}
+        source, labels, names, origin = _training_source(cfg)
+        self.speakers = {name: i for i, name in enumerate(names)}
         if len(self.speakers) < 2:
             raise VoxfastError(f"{origin}: {len(self.speakers)} speaker(s); training needs at least 2")
-        labels = [self.speakers[s] for s in speaker_names]
         self.augment = _augmentation(cfg)
         on_device = cfg.augment.placement == "device"
         ring = _ring(cfg, source, self.augment is not None and not on_device, world)
@@ -206,16 +206,20 @@ class SpeakerTask(Task):
         if not Path(origin).exists():
             info["steps_per_epoch"] = f"unknown until {origin} exists"
             return info
-        speakers = list(PackedStore(cfg.data.store).speakers) if cfg.data.store else [
-            u.spk for u in read_utterances(cfg.data.train_list, cfg.data.train_root)]
-        names = {name: i for i, name in enumerate(sorted(set(speakers)))}
+        if cfg.data.store:
+            store = PackedStore(cfg.data.store)
+            labels, sorted_names = store.speaker_codes, store.speaker_names
+        else:
+            utts = read_utterances(cfg.data.train_list, cfg.data.train_root)
+            labels, sorted_names = utts.speaker_codes, utts.speaker_names
+        names = {name: i for i, name in enumerate(sorted_names)}
         h = cfg.head
         head = create_head(h.name, embedder.embed_dim, len(names), h.margin, h.scale, sub_centers=h.sub_centers,
                            top_k=h.top_k, top_k_margin=h.top_k_margin, n_per_speaker=cfg.data.n_per_speaker)
-        batches = SpeakerBatchSampler([names[s] for s in speakers], cfg.train.micro_batch, cfg.data.n_per_speaker,
+        batches = SpeakerBatchSampler(labels, cfg.train.micro_batch, cfg.data.n_per_speaker,
                                       cfg.data.max_seg_per_spk, cfg.train.seed)
         accumulation = max(cfg.train.global_batch // cfg.train.micro_batch, 1)
-        info.update(head_parameters=_parameters(head), utterances=len(speakers), speakers=len(names),
+        info.update(head_parameters=_parameters(head), utterances=len(labels), speakers=len(names),
                     steps_per_epoch=len(batches) // accumulation)
         if cfg.train.init_from:
             info["init_from"] = _init_summary(cfg, sorted(names))
@@ -341,18 +345,22 @@ def _init_summary(cfg: Config, speakers: list[str]) -> str:
     return f"{cfg.train.init_from} ({origin}): embedder {n} tensors; head {head}{frozen}"
 
 
-def _training_source(cfg: Config) -> tuple[CropSource, list[str], str]:
-    """The crop source, each utterance's speaker name, and where they came from (for messages)."""
+def _training_source(cfg: Config) -> tuple[CropSource, np.ndarray, list[str], str]:
+    """The crop source, each utterance's speaker as an int32 index into the sorted speaker names (class ids that do
+    not depend on list order), those names, and where they came from (for messages)."""
     if cfg.data.store:
         store = PackedStore(cfg.data.store)
         if store.sample_rate != cfg.data.sample_rate:
             raise VoxfastError(f"{cfg.data.store}: packed at {store.sample_rate} Hz but data.sample_rate is "
                                f"{cfg.data.sample_rate} (repack, or set data.sample_rate)")
         source = StoreSource(store, _store_subset(store, cfg))
-        return source, list(source.speakers), cfg.data.store
+        if source.indices is None:
+            return source, store.speaker_codes, store.speaker_names, cfg.data.store
+        present, codes = np.unique(source.speaker_codes, return_inverse=True)  # the speakers the subset keeps
+        return source, codes.astype(np.int32), [store.speaker_names[c] for c in present], cfg.data.store
     utts = read_utterances(cfg.data.train_list, cfg.data.train_root)
-    source = FileSource([u.path for u in utts], cfg.data.sample_rate, cfg.data.resample)
-    return source, [u.spk for u in utts], cfg.data.train_list
+    source = FileSource(utts.paths, cfg.data.sample_rate, cfg.data.resample)
+    return source, utts.speaker_codes, utts.speaker_names, cfg.data.train_list
 
 
 def _store_subset(store: PackedStore, cfg: Config) -> np.ndarray | None:
@@ -368,30 +376,41 @@ def _store_subset(store: PackedStore, cfg: Config) -> np.ndarray | None:
                  len(store), store.path, listed)
         return None
     utts = read_utterances(listed, cfg.data.train_root)
-    unpacked = store.unpacked_paths()
-    skipped = [u for u in utts if u.utt not in store and u.path in unpacked]
-    if skipped:
-        log.warning("data.train_list %s: %d utterances were unreadable when %s was packed (its bad.tsv); "
-                    "training without them", listed, len(skipped), store.path)
-        utts = [u for u in utts if u.utt in store or u.path not in unpacked]
-    missing = [u.utt for u in utts if u.utt not in store]
-    if missing:
-        raise VoxfastError(f"data.train_list {listed} names {len(missing)} utterances that data.store {store.path} "
-                           f"does not hold (first: {missing[0]!r}): pack the list into a store of its own "
-                           f"(`voxfast pack {listed} NEW_STORE`) or set data.train_list to the list the store was "
-                           "packed from")
-    positions = np.array([store.index_of(u.utt) for u in utts], dtype=np.int64)
-    relabelled = [u for u, i in zip(utts, positions, strict=True) if store.speakers[i] != u.spk]
-    if relabelled:
-        u = relabelled[0]
-        raise VoxfastError(f"data.train_list {listed} gives {len(relabelled)} utterances another speaker than "
-                           f"data.store {store.path} (first: {u.utt!r} is {u.spk!r} in the list, "
-                           f"{store.speakers[store.index_of(u.utt)]!r} in the store): repack the store from the list")
+    positions = store.positions_of(utts.ids)
+    absent = np.flatnonzero(positions < 0)
+    if len(absent):
+        unpacked = store.unpacked_paths()
+        skipped = np.array([utts.paths[i] in unpacked for i in absent], dtype=bool)
+        if skipped.any():
+            log.warning("data.train_list %s: %d utterances were unreadable when %s was packed (its bad.tsv); "
+                        "training without them", listed, int(skipped.sum()), store.path)
+        if not skipped.all():
+            missing = absent[~skipped]
+            raise VoxfastError(f"data.train_list {listed} names {len(missing)} utterances that data.store "
+                               f"{store.path} does not hold (first: {utts.ids[missing[0]]!r}): pack the list into a "
+                               f"store of its own (`voxfast pack {listed} NEW_STORE`) or set data.train_list to the "
+                               "list the store was packed from")
+    kept = np.flatnonzero(positions >= 0)
+    positions = positions[kept]
+    _check_same_speakers(store, utts, kept, positions, listed)
     if len(positions) == len(store) and np.array_equal(positions, np.arange(len(store))):
         return None
     log.info("data.store: training on the %d utterances of data.train_list %s, %d of the %d in %s",
              len(positions), listed, len(np.unique(positions)), len(store), store.path)
     return positions
+
+
+def _check_same_speakers(store: PackedStore, utts: UtteranceTable, kept: np.ndarray, positions: np.ndarray,
+                         listed: Path) -> None:
+    """Refuse a list that gives a stored utterance another speaker (one dict entry per speaker, not per utterance)."""
+    in_store = {name: k for k, name in enumerate(store.speaker_names)}
+    to_store = np.array([in_store.get(name, -1) for name in utts.speaker_names], dtype=np.int64)
+    wrong = np.flatnonzero(store.speaker_codes[positions] != to_store[utts.speaker_codes[kept]])
+    if len(wrong):
+        i, p = int(kept[wrong[0]]), int(positions[wrong[0]])
+        raise VoxfastError(f"data.train_list {listed} gives {len(wrong)} utterances another speaker than "
+                           f"data.store {store.path} (first: {utts.ids[i]!r} is {utts[i].spk!r} in the list, "
+                           f"{store.speakers[p]!r} in the store): repack the store from the list")
 
 
 def _ring(cfg: Config, source: CropSource, augment_on_cpu: bool, world: int) -> BatchRing:

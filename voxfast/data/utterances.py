@@ -1,0 +1,253 @@
+"""Utterance lists as columns: ten million lines in seconds, a few tens of bytes per utterance, nothing to copy.
+
+A VoxCeleb list or a Kaldi data directory is read by :func:`voxfast.columns.read_fields` into one byte buffer of
+utterance ids, one of paths as written, and an int32 speaker code per utterance; the sorted speaker names are the only
+per-speaker Python objects. DataLoader workers forked from the training process index these arrays without writing
+to them, so their pages stay shared (a list of ``str`` is written on every read through reference counts, and each
+worker ends up with its own copy). Every check of the line-by-line readers is kept, vectorised, with the same
+``file:line:`` message for the first offending line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, overload
+
+import numpy as np
+
+from voxfast.columns import Fields, StringColumn, id_codes, lookup_codes, read_fields
+from voxfast.data.manifest import _FIX_LINE, _LIST_HINT, StrPath, Utterance, _line_error
+from voxfast.errors import ListFormatError, VoxfastError
+
+_KALDI_HINT = "a Kaldi data directory needs wav.scp and utt2spk"
+
+
+class PathColumn(Sequence[str]):
+    """Audio paths as the list wrote them and the folder relative ones are resolved against; item i is the
+    absolute, normalised path (as :class:`Utterance.path`), computed when asked for."""
+
+    def __init__(self, base: str, written: StringColumn) -> None:
+        self.base, self.written = base, written
+
+    def __len__(self) -> int:
+        return len(self.written)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return os.path.normpath(os.path.join(self.base, self.written[i]))
+
+    def take(self, indices: np.ndarray) -> PathColumn:
+        return PathColumn(self.base, self.written.take(indices))
+
+
+class UtteranceTable(Sequence[Utterance]):
+    """The utterances of a list: ids, paths, and speakers as int32 codes into the sorted `speaker_names`.
+
+    It is a sequence of :class:`Utterance` for code that wants objects (built on access), and hands the training
+    code its columns (`speaker_codes`, `paths`) without any per-utterance object.
+    """
+
+    def __init__(self, ids: StringColumn, paths: PathColumn, speaker_codes: np.ndarray,
+                 speaker_names: list[str]) -> None:
+        self.ids, self.paths, self.speaker_codes, self.speaker_names = ids, paths, speaker_codes, speaker_names
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, i: int) -> Utterance: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Utterance]: ...
+
+    def __getitem__(self, i: int | slice) -> Utterance | list[Utterance]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return Utterance(self.ids[i], self.speaker_names[int(self.speaker_codes[i])], self.paths[i])
+
+    def __iter__(self) -> Iterator[Utterance]:
+        return (self[i] for i in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-looking sequence: equality by content
+
+    def take(self, indices: np.ndarray) -> UtteranceTable:
+        """The utterances at `indices` (speaker codes keep meaning the same names)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return UtteranceTable(self.ids.take(indices), self.paths.take(indices), self.speaker_codes[indices],
+                              self.speaker_names)
+
+
+# ----------------------------------------------------------------------------------------------- columns of a file
+
+
+@dataclass
+class _Columns:
+    """Two-column lines of a file: the 1-based line numbers, each column's bytes, and the second column's hashes."""
+
+    lines: np.ndarray
+    first: StringColumn
+    second: StringColumn
+
+
+def _two_columns(path: Path, kind: str, hint: str, problem: str, pipes: bool = False
+                 ) -> tuple[_Columns, ListFormatError | None]:
+    """The kept lines of `path` up to the first that does not have exactly two fields (`problem` names them in
+    the message), and that line's error, not raised: a duplicate id before it is reported first, as the
+    line-by-line reader would."""
+    lines, firsts, seconds, error = [], [], [], None
+    for f in read_fields(path, kind, hint):
+        good, error = _two_fields(path, f, problem, pipes)
+        one = f.field(0)[:good]
+        lines.append(f.line_no[:good])
+        firsts.append(f.strings(one))
+        seconds.append(f.strings(one + 1))
+        if error is not None:
+            break
+    if not lines:
+        return _Columns(np.zeros(0, np.int64), StringColumn.from_strings([]), StringColumn.from_strings([])), None
+    return _Columns(np.concatenate(lines), StringColumn.concat(firsts), StringColumn.concat(seconds)), error
+
+
+def _two_fields(path: Path, f: Fields, problem: str, pipes: bool) -> tuple[int, ListFormatError | None]:
+    """How many leading lines of the chunk have exactly two fields (and no command pipe, in wav.scp), and the error
+    of the first line that does not, as the line-by-line reader worded it."""
+    counts = f.counts
+    last = f.first + counts - 1
+    bad = counts != 2
+    if pipes:
+        end = f.ends[last]
+        bad |= (f.buf[end - 1] == ord("|")) | ((end - f.starts[last] == 1) & (f.buf[end - 1] == ord("-")))
+    wrong = np.flatnonzero(bad)
+    if not len(wrong):
+        return len(counts), None
+    k, text = int(wrong[0]), f.text(int(wrong[0]))
+    line, fields = int(f.line_no[k]), text.split(" ")
+    if pipes and (fields[-1].endswith("|") or fields[-1] == "-"):
+        return k, _line_error(path, line, "command pipes are not supported, voxfast reads audio files only", text,
+                              "write the command's output to a .wav/.flac file and put that path here")
+    fix = _FIX_LINE if len(fields) < 2 or pipes else _FIX_LINE + "; paths cannot contain spaces"
+    return k, _line_error(path, line, f"expected 2 columns {problem}, found {len(fields)}", text, fix)
+
+
+def _check_unique_ids(path: Path, column: StringColumn, lines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Refuse a repeated id (it would double-weight or override an utterance), naming the first line that repeats
+    an earlier one; returns the column's hashes."""
+    h1, h2 = column.hashes()
+    codes = id_codes(h1, h2)
+    if len(codes.h1) == len(column):
+        return h1, h2
+    seen_first = np.full(len(codes.h1), len(column), dtype=np.int64)
+    np.minimum.at(seen_first, codes.codes, np.arange(len(column)))
+    repeats = np.flatnonzero(seen_first[codes.codes] != np.arange(len(column)))
+    k = int(repeats[0])
+    first = int(seen_first[codes.codes[k]])
+    raise _line_error(path, int(lines[k]), f"duplicate id {column[k]!r} (first on line {int(lines[first])})",
+                      _line_text(path, int(lines[k])))
+
+
+def _line_text(path: Path, line: int) -> str:
+    """The fields of physical line `line` joined by one space (for a message about it)."""
+    with path.open(encoding="utf-8-sig") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if lineno == line:
+                return " ".join(raw.split())
+    return ""
+
+
+def speaker_codes(speakers: StringColumn) -> tuple[np.ndarray, list[str]]:
+    """int32 code of each utterance's speaker in the sorted list of distinct names (ids independent of list order,
+    as :func:`voxfast.data.manifest.speaker_index`)."""
+    codes = id_codes(*speakers.hashes())
+    names = [speakers[int(i)] for i in codes.first]
+    rank = np.empty(len(names), dtype=np.int32)
+    rank[np.argsort(np.array(names, dtype=object), kind="stable")] = np.arange(len(names), dtype=np.int32)
+    return rank[codes.codes], sorted(names)
+
+
+# ----------------------------------------------------------------------------------------------- readers
+
+
+def read_voxceleb_table(path: StrPath, root: StrPath | None = None) -> UtteranceTable:
+    """A VoxCeleb ``speaker relpath`` list; paths relative to `root` (default: the list's folder); the utterance id is
+    the relative path as written. Errors as :func:`voxfast.data.manifest.read_voxceleb_list`."""
+    path = Path(path)
+    base = os.path.abspath(root if root is not None else path.parent)
+    cols, error = _two_columns(path, "list file", _LIST_HINT, "'speaker path'")
+    _check_unique_ids(path, cols.second, cols.lines)
+    if error is not None:
+        raise error
+    if not len(cols.lines):
+        raise VoxfastError(f"list file has no utterances: {path}; {_LIST_HINT}")
+    codes, names = speaker_codes(cols.first)
+    return UtteranceTable(cols.second, PathColumn(base, cols.second), codes, names)
+
+
+def read_kaldi_table(directory: StrPath, root: StrPath | None = None) -> UtteranceTable:
+    """A Kaldi data directory (wav.scp + utt2spk) in wav.scp order; relative wav.scp paths resolved against `root`
+    (default: the current directory). Errors as :func:`voxfast.data.manifest.read_kaldi_dir`."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise VoxfastError(f"Kaldi data directory not found: {directory}; pass a folder holding wav.scp and utt2spk")
+    base = os.path.abspath(root if root is not None else os.curdir)
+    wav = _unique_two_columns(directory / "wav.scp", "wav.scp", "'utterance path'", pipes=True)
+    if not len(wav.lines):
+        raise VoxfastError(f"wav.scp has no utterances: {directory / 'wav.scp'}; {_LIST_HINT}")
+    spk = _unique_two_columns(directory / "utt2spk", "utt2spk", "'utterance speaker'")
+    table = id_codes(*spk.first.hashes())
+    row_of_code = np.empty(len(table.h1), dtype=np.int64)
+    row_of_code[table.codes] = np.arange(len(spk.first))
+    found = lookup_codes(table, *wav.first.hashes())
+    missing = np.flatnonzero(found < 0)
+    if len(missing):
+        first = ", ".join(repr(wav.first[int(i)]) for i in missing[:5])
+        raise ListFormatError(
+            f"{directory / 'utt2spk'}: {len(missing)} utterance(s) from wav.scp have no speaker, first: {first} "
+            "(add them to utt2spk or remove them from wav.scp, e.g. with Kaldi's utils/fix_data_dir.sh)")
+    codes, names = speaker_codes(spk.second.take(row_of_code[found]))
+    return UtteranceTable(wav.first, PathColumn(base, wav.second), codes, names)
+
+
+def _unique_two_columns(path: Path, kind: str, problem: str, pipes: bool = False) -> _Columns:
+    """A Kaldi file's two columns, refusing the first malformed line or repeated utterance id."""
+    cols, error = _two_columns(path, kind, _KALDI_HINT, problem, pipes)
+    _check_unique_ids(path, cols.first, cols.lines)
+    if error is not None:
+        raise error
+    return cols
+
+
+def table_of(utts: Sequence[Any]) -> UtteranceTable:
+    """`utts` as an UtteranceTable: itself if it is one, else built from Utterance-like objects (absolute paths)."""
+    if isinstance(utts, UtteranceTable):
+        return utts
+    ids = StringColumn.from_strings(u.utt for u in utts)
+    codes, names = speaker_codes(StringColumn.from_strings(u.spk for u in utts))
+    return UtteranceTable(ids, PathColumn("/", StringColumn.from_strings(u.path for u in utts)), codes, names)
+
+
+def positions_in(table: UtteranceTable, ids: StringColumn) -> np.ndarray:
+    """Row of each of `ids` in `table`, -1 where the table lacks it (hash lookup, no per-id Python work)."""
+    codes = id_codes(*table.ids.hashes())
+    row_of_code = np.empty(len(codes.h1), dtype=np.int64)
+    row_of_code[codes.codes] = np.arange(len(table))
+    found = lookup_codes(codes, *ids.hashes())
+    return np.where(found >= 0, row_of_code[np.maximum(found, 0)], -1)
+
+
+__all__ = ["PathColumn", "UtteranceTable", "positions_in", "read_kaldi_table", "read_voxceleb_table", "speaker_codes",
+           "table_of"]
