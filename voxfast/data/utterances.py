@@ -20,6 +20,7 @@ import numpy as np
 
 from voxfast.columns import Fields, StringColumn, id_codes, lookup_codes, read_fields
 from voxfast.data.manifest import _FIX_LINE, _LIST_HINT, StrPath, Utterance, _line_error
+from voxfast.data.trials import IdIndex
 from voxfast.errors import ListFormatError, VoxfastError
 
 _KALDI_HINT = "a Kaldi data directory needs wav.scp and utt2spk"
@@ -100,27 +101,50 @@ class _Columns:
     """Two-column lines of a file: the 1-based line numbers, each column's bytes, and the second column's hashes."""
 
     lines: np.ndarray
-    first: StringColumn
-    second: StringColumn
+    first: StringColumn | _Speakers
+    second: StringColumn | _Speakers
 
 
-def _two_columns(path: Path, kind: str, hint: str, problem: str, pipes: bool = False
+@dataclass
+class _Speakers:
+    """A column of speaker names as read: first-seen codes per line and the table that interned them."""
+
+    codes: np.ndarray
+    index: IdIndex
+
+    def sorted_codes(self, rows: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+        """int32 codes into the sorted distinct names (of the given rows), and those names."""
+        names = self.index.strings().tolist()
+        codes = self.codes if rows is None else self.codes[rows]
+        used = np.arange(len(names)) if rows is None else np.unique(codes)  # utt2spk may name more speakers
+        order = np.argsort(np.array([names[u] for u in used], dtype=object), kind="stable")
+        rank = np.full(len(names), -1, dtype=np.int32)
+        rank[used[order]] = np.arange(len(used), dtype=np.int32)
+        return rank[codes], [names[u] for u in used[order]]
+
+
+def _two_columns(path: Path, kind: str, hint: str, problem: str, pipes: bool = False, speaker_column: int = 0
                  ) -> tuple[_Columns, ListFormatError | None]:
     """The kept lines of `path` up to the first that does not have exactly two fields (`problem` names them in
     the message), and that line's error, not raised: a duplicate id before it is reported first, as the
     line-by-line reader would."""
-    lines, firsts, seconds, error = [], [], [], None
+    lines, columns, error = [], ([], []), None
+    speakers = IdIndex() if speaker_column else None
     for f in read_fields(path, kind, hint):
         good, error = _two_fields(path, f, problem, pipes)
-        one = f.field(0)[:good]
         lines.append(f.line_no[:good])
-        firsts.append(f.strings(one))
-        seconds.append(f.strings(one + 1))
+        for c, out in enumerate(columns):
+            field = f.field(c)[:good]
+            # the speakers' column is interned as read (few distinct names): no 10 M-string copy to intern later
+            out.append(speakers.add(f.buf, f.starts[field], f.ends[field]) if speaker_column == c + 1
+                       else f.strings(field))
         if error is not None:
             break
     if not lines:
         return _Columns(np.zeros(0, np.int64), StringColumn.from_strings([]), StringColumn.from_strings([])), None
-    return _Columns(np.concatenate(lines), StringColumn.concat(firsts), StringColumn.concat(seconds)), error
+    first, second = (_Speakers(np.concatenate(parts), speakers) if speaker_column == c + 1
+                     else StringColumn.concat(parts) for c, parts in enumerate(columns))
+    return _Columns(np.concatenate(lines), first, second), error
 
 
 def _two_fields(path: Path, f: Fields, problem: str, pipes: bool) -> tuple[int, ListFormatError | None]:
@@ -146,15 +170,17 @@ def _two_fields(path: Path, f: Fields, problem: str, pipes: bool) -> tuple[int, 
 
 def _check_unique_ids(path: Path, column: StringColumn, lines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Refuse a repeated id (it would double-weight or override an utterance), naming the first line that repeats
-    an earlier one; returns the column's hashes."""
+    an earlier one; returns the column's hashes. One sort of the first hashes finds that there are none."""
     h1, h2 = column.hashes()
+    s1 = np.sort(h1)
+    if not (s1[1:] == s1[:-1]).any():
+        return h1, h2
     codes = id_codes(h1, h2)
     if len(codes.h1) == len(column):
         return h1, h2
     seen_first = np.full(len(codes.h1), len(column), dtype=np.int64)
     np.minimum.at(seen_first, codes.codes, np.arange(len(column)))
-    repeats = np.flatnonzero(seen_first[codes.codes] != np.arange(len(column)))
-    k = int(repeats[0])
+    k = int(np.flatnonzero(seen_first[codes.codes] != np.arange(len(column)))[0])
     first = int(seen_first[codes.codes[k]])
     raise _line_error(path, int(lines[k]), f"duplicate id {column[k]!r} (first on line {int(lines[first])})",
                       _line_text(path, int(lines[k])))
@@ -171,12 +197,9 @@ def _line_text(path: Path, line: int) -> str:
 
 def speaker_codes(speakers: StringColumn) -> tuple[np.ndarray, list[str]]:
     """int32 code of each utterance's speaker in the sorted list of distinct names (ids independent of list order,
-    as :func:`voxfast.data.manifest.speaker_index`)."""
-    codes = id_codes(*speakers.hashes())
-    names = [speakers[int(i)] for i in codes.first]
-    rank = np.empty(len(names), dtype=np.int32)
-    rank[np.argsort(np.array(names, dtype=object), kind="stable")] = np.arange(len(names), dtype=np.int32)
-    return rank[codes.codes], sorted(names)
+    as :func:`voxfast.data.manifest.speaker_index`); interned by hash in one pass, only the distinct names sorted."""
+    index = IdIndex()
+    return _Speakers(index.add(speakers.data, speakers.offsets[:-1], speakers.offsets[1:]), index).sorted_codes()
 
 
 # ----------------------------------------------------------------------------------------------- readers
@@ -187,13 +210,13 @@ def read_voxceleb_table(path: StrPath, root: StrPath | None = None) -> Utterance
     the relative path as written. Errors as :func:`voxfast.data.manifest.read_voxceleb_list`."""
     path = Path(path)
     base = os.path.abspath(root if root is not None else path.parent)
-    cols, error = _two_columns(path, "list file", _LIST_HINT, "'speaker path'")
+    cols, error = _two_columns(path, "list file", _LIST_HINT, "'speaker path'", speaker_column=1)
     _check_unique_ids(path, cols.second, cols.lines)
     if error is not None:
         raise error
     if not len(cols.lines):
         raise VoxfastError(f"list file has no utterances: {path}; {_LIST_HINT}")
-    codes, names = speaker_codes(cols.first)
+    codes, names = cols.first.sorted_codes()
     return UtteranceTable(cols.second, PathColumn(base, cols.second), codes, names)
 
 
@@ -204,31 +227,45 @@ def read_kaldi_table(directory: StrPath, root: StrPath | None = None) -> Utteran
     if not directory.is_dir():
         raise VoxfastError(f"Kaldi data directory not found: {directory}; pass a folder holding wav.scp and utt2spk")
     base = os.path.abspath(root if root is not None else os.curdir)
-    wav = _unique_two_columns(directory / "wav.scp", "wav.scp", "'utterance path'", pipes=True)
+    wav, wav_hashes = _unique_two_columns(directory / "wav.scp", "wav.scp", "'utterance path'", pipes=True)
     if not len(wav.lines):
         raise VoxfastError(f"wav.scp has no utterances: {directory / 'wav.scp'}; {_LIST_HINT}")
-    spk = _unique_two_columns(directory / "utt2spk", "utt2spk", "'utterance speaker'")
-    table = id_codes(*spk.first.hashes())
-    row_of_code = np.empty(len(table.h1), dtype=np.int64)
-    row_of_code[table.codes] = np.arange(len(spk.first))
-    found = lookup_codes(table, *wav.first.hashes())
+    spk, spk_hashes = _unique_two_columns(directory / "utt2spk", "utt2spk", "'utterance speaker'", speaker_column=2)
+    found = _rows_of(spk_hashes, wav_hashes)
     missing = np.flatnonzero(found < 0)
     if len(missing):
         first = ", ".join(repr(wav.first[int(i)]) for i in missing[:5])
         raise ListFormatError(
             f"{directory / 'utt2spk'}: {len(missing)} utterance(s) from wav.scp have no speaker, first: {first} "
             "(add them to utt2spk or remove them from wav.scp, e.g. with Kaldi's utils/fix_data_dir.sh)")
-    codes, names = speaker_codes(spk.second.take(row_of_code[found]))
+    same_order = len(found) == len(spk.lines) and bool((found == np.arange(len(found))).all())
+    codes, names = spk.second.sorted_codes(None if same_order else found)
     return UtteranceTable(wav.first, PathColumn(base, wav.second), codes, names)
 
 
-def _unique_two_columns(path: Path, kind: str, problem: str, pipes: bool = False) -> _Columns:
-    """A Kaldi file's two columns, refusing the first malformed line or repeated utterance id."""
-    cols, error = _two_columns(path, kind, _KALDI_HINT, problem, pipes)
-    _check_unique_ids(path, cols.first, cols.lines)
+def _unique_two_columns(path: Path, kind: str, problem: str, pipes: bool = False, speaker_column: int = 0
+                        ) -> tuple[_Columns, tuple[np.ndarray, np.ndarray]]:
+    """A Kaldi file's two columns, refusing the first malformed line or repeated utterance id; with the ids'
+    hashes."""
+    cols, error = _two_columns(path, kind, _KALDI_HINT, problem, pipes, speaker_column)
+    hashes = _check_unique_ids(path, cols.first, cols.lines)
     if error is not None:
         raise error
-    return cols
+    return cols, hashes
+
+
+def _rows_of(table: tuple[np.ndarray, np.ndarray], ids: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Row in `table` (unique ids' hashes) of each id, -1 where missing. Kaldi's utt2spk usually lists wav.scp's
+    utterances in the same order (utils/fix_data_dir.sh sorts both): then no lookup is needed."""
+    if len(table[0]) == len(ids[0]) and (table[0] == ids[0]).all() and (table[1] == ids[1]).all():
+        return np.arange(len(ids[0]), dtype=np.int64)
+    if not len(table[0]):
+        return np.full(len(ids[0]), -1, dtype=np.int64)
+    codes = id_codes(*table)
+    row_of_code = np.empty(len(codes.h1), dtype=np.int64)
+    row_of_code[codes.codes] = np.arange(len(table[0]))
+    found = lookup_codes(codes, *ids)
+    return np.where(found >= 0, row_of_code[np.maximum(found, 0)], -1)
 
 
 def table_of(utts: Sequence[Any]) -> UtteranceTable:
@@ -242,11 +279,7 @@ def table_of(utts: Sequence[Any]) -> UtteranceTable:
 
 def positions_in(table: UtteranceTable, ids: StringColumn) -> np.ndarray:
     """Row of each of `ids` in `table`, -1 where the table lacks it (hash lookup, no per-id Python work)."""
-    codes = id_codes(*table.ids.hashes())
-    row_of_code = np.empty(len(codes.h1), dtype=np.int64)
-    row_of_code[codes.codes] = np.arange(len(table))
-    found = lookup_codes(codes, *ids.hashes())
-    return np.where(found >= 0, row_of_code[np.maximum(found, 0)], -1)
+    return _rows_of(table.ids.hashes(), ids.hashes())
 
 
 __all__ = ["PathColumn", "UtteranceTable", "positions_in", "read_kaldi_table", "read_voxceleb_table", "speaker_codes",
