@@ -18,16 +18,17 @@ so two different strings are taken for one only if both collide (about 1e-25 for
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar, overload
 
 import numba
 import numpy as np
 
 from voxfast.errors import VoxfastError
 
-__all__ = ["Fields", "StringColumn", "hash_fields", "id_codes", "lookup_codes", "read_fields"]
+__all__ = ["ColumnSequence", "Fields", "StringColumn", "hash_fields", "id_codes", "lookup_codes", "read_fields"]
 
 CHUNK_BYTES = 1 << 23  # 8 MiB of text per tokenising pass: big enough to amortise, small enough to bound memory
 _BOM = b"\xef\xbb\xbf"
@@ -289,6 +290,42 @@ class StringColumn:
 def _gather(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, offsets: np.ndarray, out: np.ndarray) -> None:
     for k in range(len(starts)):
         out[offsets[k]:offsets[k + 1]] = buf[starts[k]:ends[k]]
+
+
+T = TypeVar("T")
+
+
+class ColumnSequence(Sequence[T]):
+    """A read-only sequence over columns that stands in for a list: items are built only when asked for (`_at`,
+    given an index already checked and made non-negative), slices give lists, and it equals any sequence of the same
+    items in order, as the list it replaces did. Subclasses add `__len__`, `_at` and, where a pass can be batched,
+    a faster `__iter__`."""
+
+    __slots__ = ()
+
+    def _at(self, i: int) -> T:
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, i: int) -> T: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[T]: ...
+
+    def __getitem__(self, i: int | slice) -> T | list[T]:
+        if isinstance(i, slice):
+            return [self._at(k) for k in range(*i.indices(len(self)))]
+        k = int(i) + (len(self) if int(i) < 0 else 0)
+        if not 0 <= k < len(self):
+            raise IndexError(f"item {int(i)} of a sequence of {len(self)}")
+        return self._at(k)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]  # equal to a list, so not hashable
 
 
 # ----------------------------------------------------------------------------------------------- hashing

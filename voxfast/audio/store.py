@@ -40,7 +40,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, NamedTuple, NoReturn, Protocol, overload
+from typing import Any, BinaryIO, Literal, NamedTuple, NoReturn, Protocol
 
 import numba
 import numpy as np
@@ -48,7 +48,7 @@ import soundfile as sf
 
 from voxfast.audio import av_decode
 from voxfast.audio.io import resample, to_float32, to_int16
-from voxfast.columns import Codes, StringColumn, hash_fields, id_codes, lookup_codes
+from voxfast.columns import Codes, ColumnSequence, StringColumn, hash_fields, id_codes, lookup_codes
 from voxfast.errors import AudioLoadError, VoxfastError
 from voxfast.fileio import atomic_text
 from voxfast.progress import progress_bar
@@ -904,7 +904,7 @@ def _narrow(values: np.ndarray) -> np.ndarray:
 # Reading.
 
 
-class StringSequence(Sequence[str]):
+class StringSequence(ColumnSequence[str]):
     """A read-only sequence of strings over a :class:`StringColumn` (e.g. a store's memory-mapped ids): len, [i],
     iteration and == against lists work as on a list, but no per-string Python object exists until one is asked
     for. Iteration decodes a block of strings per step, so a full pass costs ~0.3 us per string."""
@@ -918,15 +918,7 @@ class StringSequence(Sequence[str]):
     def __len__(self) -> int:
         return len(self.column)
 
-    @overload
-    def __getitem__(self, i: int) -> str: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> list[str]: ...
-
-    def __getitem__(self, i: int | slice) -> str | list[str]:
-        if isinstance(i, slice):
-            return [self.column[k] for k in range(*i.indices(len(self)))]
+    def _at(self, i: int) -> str:
         return self.column[i]
 
     def __iter__(self) -> Iterator[str]:
@@ -938,17 +930,12 @@ class StringSequence(Sequence[str]):
             blob = data[base : int(offsets[hi])].tobytes()
             yield from (blob[a:b].decode("utf-8") for a, b in itertools.pairwise(cuts))
 
-    def __eq__(self, other: object) -> bool:
-        return _same_strings(self, other)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable-sequence semantics: equal to a list, so not hashable
-
     def __repr__(self) -> str:
         head = ", ".join(repr(s) for s in self[:3])
         return f"{type(self).__name__}([{head}{', ...' if len(self) > 3 else ''}], {len(self)} strings)"
 
 
-class CodedSequence(Sequence[str]):
+class CodedSequence(ColumnSequence[str]):
     """A read-only sequence of strings given as an integer code per item and the distinct strings (`names`): a
     store's speakers. Like :class:`StringSequence`, it stands in for a list without one object per item."""
 
@@ -960,35 +947,15 @@ class CodedSequence(Sequence[str]):
     def __len__(self) -> int:
         return len(self.codes)
 
-    @overload
-    def __getitem__(self, i: int) -> str: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> list[str]: ...
-
-    def __getitem__(self, i: int | slice) -> str | list[str]:
-        if isinstance(i, slice):
-            return [self.names[c] for c in self.codes[i].tolist()]
+    def _at(self, i: int) -> str:
         return self.names[int(self.codes[i])]
 
     def __iter__(self) -> Iterator[str]:
         for lo in range(0, len(self), StringSequence._BLOCK):
             yield from map(self.names.__getitem__, self.codes[lo : lo + StringSequence._BLOCK].tolist())
 
-    def __eq__(self, other: object) -> bool:
-        return _same_strings(self, other)
-
-    __hash__ = None  # type: ignore[assignment]
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} items of {len(self.names)} distinct strings)"
-
-
-def _same_strings(ours: Sequence[str], other: object) -> bool:
-    """Equality with any sequence of strings, as lists compare: same length, equal items in order."""
-    if not isinstance(other, Sequence) or isinstance(other, str | bytes):
-        return NotImplemented
-    return len(ours) == len(other) and all(a == b for a, b in zip(ours, other, strict=True))
 
 
 class PackedStore:

@@ -19,12 +19,12 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 import numba
 import numpy as np
 
-from voxfast.columns import Fields, StringColumn, hash_fields, read_fields
+from voxfast.columns import ColumnSequence, Fields, StringColumn, hash_fields, read_fields
 from voxfast.data.manifest import (
     _KALDI,
     _TRIAL_HINT,
@@ -59,7 +59,7 @@ UNLABELLED = -1  # TrialTable.labels of an unlabelled list
 # ----------------------------------------------------------------------------------------------- the tables
 
 
-class _Pairs(Sequence[Any]):
+class _Pairs(ColumnSequence[Any]):
     """(enroll, test) pairs as int32 codes into `ids` (the distinct ids, each once), with the 1-based physical
     line each pair was read from (0 for pairs not read from a file)."""
 
@@ -75,34 +75,13 @@ class _Pairs(Sequence[Any]):
     def __len__(self) -> int:
         return len(self.enroll)
 
-    @overload
-    def __getitem__(self, i: int) -> Any: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> list[Any]: ...
-
-    def __getitem__(self, i: int | slice) -> Any:
-        if isinstance(i, slice):
-            return [self[k] for k in range(*i.indices(len(self)))]
-        i = int(i)
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(f"item {i} of {len(self)}")
+    def _at(self, i: int) -> Any:
         return self._item(self.ids[self.enroll[i]], self.ids[self.test[i]], i)
 
     def __iter__(self) -> Iterator[Any]:
         ids = self.ids.tolist()  # decoded once, not once per use
         for k, (e, t) in enumerate(zip(self.enroll.tolist(), self.test.tolist(), strict=True)):
             yield self._item(ids[e], ids[t], k)
-
-    def __eq__(self, other: object) -> bool:
-        """Equal to any sequence of the same items (a list of Trial objects, say), as the old lists were."""
-        if isinstance(other, Sequence) and not isinstance(other, str | bytes):
-            return len(self) == len(other) and list(self) == list(other)
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]  # mutable columns, like the list it replaces
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} pairs, {len(self.ids)} ids, from {self.path})"

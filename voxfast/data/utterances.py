@@ -11,14 +11,14 @@ worker ends up with its own copy). Every check of the line-by-line readers is ke
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 import numpy as np
 
-from voxfast.columns import Fields, StringColumn, id_codes, lookup_codes, read_fields
+from voxfast.columns import ColumnSequence, Fields, StringColumn, id_codes, lookup_codes, read_fields
 from voxfast.data.manifest import _FIX_LINE, _LIST_HINT, StrPath, Utterance, _line_error
 from voxfast.data.trials import IdIndex
 from voxfast.errors import ListFormatError, VoxfastError
@@ -26,7 +26,7 @@ from voxfast.errors import ListFormatError, VoxfastError
 _KALDI_HINT = "a Kaldi data directory needs wav.scp and utt2spk"
 
 
-class PathColumn(Sequence[str]):
+class PathColumn(ColumnSequence[str]):
     """Audio paths as the list wrote them and the folder relative ones are resolved against; item i is the
     absolute, normalised path (as :class:`Utterance.path`), computed when asked for."""
 
@@ -36,22 +36,14 @@ class PathColumn(Sequence[str]):
     def __len__(self) -> int:
         return len(self.written)
 
-    @overload
-    def __getitem__(self, i: int) -> str: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> list[str]: ...
-
-    def __getitem__(self, i: int | slice) -> str | list[str]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
+    def _at(self, i: int) -> str:
         return os.path.normpath(os.path.join(self.base, self.written[i]))
 
     def take(self, indices: np.ndarray) -> PathColumn:
         return PathColumn(self.base, self.written.take(indices))
 
 
-class UtteranceTable(Sequence[Utterance]):
+class UtteranceTable(ColumnSequence[Utterance]):
     """The utterances of a list: ids, paths, and speakers as int32 codes into the sorted `speaker_names`.
 
     It is a sequence of :class:`Utterance` for code that wants objects (built on access), and hands the training
@@ -65,26 +57,8 @@ class UtteranceTable(Sequence[Utterance]):
     def __len__(self) -> int:
         return len(self.ids)
 
-    @overload
-    def __getitem__(self, i: int) -> Utterance: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> list[Utterance]: ...
-
-    def __getitem__(self, i: int | slice) -> Utterance | list[Utterance]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
+    def _at(self, i: int) -> Utterance:
         return Utterance(self.ids[i], self.speaker_names[int(self.speaker_codes[i])], self.paths[i])
-
-    def __iter__(self) -> Iterator[Utterance]:
-        return (self[i] for i in range(len(self)))
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Sequence):
-            return NotImplemented
-        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
-
-    __hash__ = None  # type: ignore[assignment]  # mutable-looking sequence: equality by content
 
     def take(self, indices: np.ndarray) -> UtteranceTable:
         """The utterances at `indices` (speaker codes keep meaning the same names)."""
